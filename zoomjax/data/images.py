@@ -1,0 +1,316 @@
+"""Image loading and the views the model sees: the global view and crops (SPEC §3).
+
+Loading (`load_image`) reads the header first (Pillow opens lazily), refuses images above a configurable
+pixel budget with `ImageTooLargeError` before decoding anything, and converts every mode to 8-bit RGB by
+this rule:
+
+* 8-bit RGB: unchanged. Greyscale, palette, bilevel, CMYK, YCbCr, LAB, HSV: Pillow's `convert("RGB")`
+  (grey replicated to the three channels).
+* With an alpha channel (RGBA, LA, PA, palette with transparency): composited over white, as
+  `transformers`' `convert_to_rgb` does (so the processor and zoomjax see the same pixels).
+* High bit depth, single band (`I;16*`, `I`, `F`): linear stretch of the image's [min, max] to [0, 255]
+  (NaN/inf -> min; a constant image -> 0), replicated to RGB.
+* Multi-band TIFF (more than 3 samples, e.g. RGB + NIR): the first three bands are R, G, B.
+  8-bit: as Pillow reads them. 16-bit, uncompressed strips: the raw samples are read and stretched
+  like the single-band case (the same [min, max] over the three bands, so colour balance is kept).
+  16-bit compressed: Pillow's reading (each sample's high byte), with a warning.
+
+Anything Pillow cannot identify or decode raises `ImageDecodeError`; a missing file raises
+`ImageNotFoundError` (also a `FileNotFoundError`). Both derive from `ImageError`.
+
+Geometry (frames, crop rule) lives in `boxes` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from zoomjax.data.boxes import (GLOBAL_LONG_SIDE, MIN_CROP, MIN_SHORT_SIDE, clamp_box, crop_window,
+                                global_scale, global_to_original, gt1024_to_original, original_to_global,
+                                original_to_gt1024, resized_size)
+
+__all__ = [
+    "ImageError", "ImageDecodeError", "ImageNotFoundError", "ImageTooLargeError", "DEFAULT_MAX_PIXELS",
+    "image_size", "load_image", "to_rgb", "resize_long_side", "global_view", "crop_and_zoom",
+    "crop_window", "clamp_box", "global_scale", "resized_size", "gt1024_to_original",
+    "original_to_gt1024", "global_to_original", "original_to_global", "ImageStore",
+]
+
+log = logging.getLogger(__name__)
+
+# 900 Mpx: a 30000 x 30000 image (2.7 GB as RGB). LRS-GRO's largest are ~27000 px a side.
+DEFAULT_MAX_PIXELS = 30000 * 30000
+
+# Pillow's own decompression-bomb guard uses a module global; zoomjax applies its own limit (from the
+# header, before decoding) and switches Pillow's off while opening, under this lock.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+class ImageError(Exception):
+  """An image could not be used."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+  """The image file does not exist."""
+
+
+class ImageDecodeError(ImageError):
+  """The file is not an image Pillow can decode (corrupt, truncated, unsupported)."""
+
+
+class ImageTooLargeError(ImageError):
+  """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+  """Open lazily (header only), mapping failures to ImageError subclasses."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ImageNotFoundError(f"image not found: {path}")
+  with _PIL_LIMIT_LOCK:
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+      return Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+      raise ImageDecodeError(f"cannot read image {path}: {e}") from e
+    finally:
+      Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
+  w, h = size
+  if w <= 0 or h <= 0:
+    raise ImageDecodeError(f"image {path} has an empty size {w}x{h}")
+  if max_pixels is not None and w * h > max_pixels:
+    raise ImageTooLargeError(
+        f"image {path} is {w}x{h} = {w * h} pixels, above the limit max_pixels={max_pixels} "
+        f"(raise it, e.g. load_image(..., max_pixels=None), if the file is trusted)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+  """`(width, height)` read from the header only; nothing is decoded."""
+  with _open(path) as im:
+    return im.size
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+  """Decode an image file to an 8-bit RGB `PIL.Image` (conversion rule in the module docstring).
+
+  Raises:
+    ImageNotFoundError: no such file.
+    ImageTooLargeError: width * height > max_pixels (checked from the header, before decoding).
+    ImageDecodeError: the file is corrupt, truncated or not an image.
+  """
+  im = _open(path)
+  try:
+    _check_size(im.size, max_pixels, path)
+    raw = _read_raw_tiff_rgb16(im)
+    if raw is not None:
+      return Image.fromarray(_stretch_to_uint8(raw))
+    im.load()
+    return to_rgb(im)
+  except ImageError:
+    raise
+  except (OSError, ValueError, SyntaxError, EOFError) as e:
+    raise ImageDecodeError(f"cannot decode image {path}: {e}") from e
+  finally:
+    im.close()
+
+
+def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
+  """Linear [min, max] -> [0, 255] over the whole array (NaN/inf -> min; constant -> 0)."""
+  a = np.asarray(a, dtype=np.float64)
+  finite = np.isfinite(a)
+  if not finite.any():
+    return np.zeros(a.shape, np.uint8)
+  lo, hi = a[finite].min(), a[finite].max()
+  a = np.where(finite, a, lo)
+  if hi <= lo:
+    return np.zeros(a.shape, np.uint8)
+  return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+  """Any Pillow mode -> 8-bit RGB by the module's documented rule (the image must be loaded)."""
+  mode = im.mode
+  if mode == "RGB":
+    return im.copy()
+  if mode in ("I", "F") or mode.startswith("I;16"):
+    g = _stretch_to_uint8(np.asarray(im))
+    return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2))
+  if mode == "P" and "transparency" in im.info:
+    im = im.convert("RGBA")
+    mode = "RGBA"
+  if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = im.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    canvas.alpha_composite(rgba)
+    return canvas.convert("RGB")
+  return im.convert("RGB")
+
+
+def _read_raw_tiff_rgb16(im: Image.Image) -> np.ndarray | None:
+  """First three bands of a >8-bit, uncompressed, chunky, stripped TIFF as float64[H, W, 3]; else None."""
+  if im.format != "TIFF" or not hasattr(im, "tag_v2"):
+    return None
+  tags = im.tag_v2
+  bits = tags.get(258)
+  bits = tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+  spp = int(tags.get(277, 1))
+  if spp < 3 or not bits or bits[0] not in (16, 32) or any(b != bits[0] for b in bits):
+    return None
+  compression, planar = int(tags.get(259, 1)), int(tags.get(284, 1))
+  offsets, counts = tags.get(273), tags.get(279)
+  if compression != 1 or planar != 1 or offsets is None or counts is None or 322 in tags:
+    if compression != 1:
+      warnings.warn(f"{getattr(im, 'filename', '')}: compressed {bits[0]}-bit {spp}-band TIFF; "
+                    "using Pillow's 8-bit reading (high byte of each sample)", stacklevel=3)
+    return None
+  fmt = tags.get(339, 1)
+  fmt = int(fmt[0] if isinstance(fmt, (tuple, list)) else fmt)
+  kind = {1: "u", 2: "i", 3: "f"}.get(fmt, "u")
+  endian = "<" if getattr(tags, "_endian", "<") == "<" else ">"
+  dtype = np.dtype(f"{endian}{kind}{bits[0] // 8}")
+  w, h = im.size
+  need = w * h * spp * dtype.itemsize
+  if sum(int(c) for c in counts) < need:
+    raise ImageDecodeError(f"{getattr(im, 'filename', '')}: TIFF strips hold fewer bytes than {w}x{h}x{spp}")
+  fp = im.fp
+  chunks = []
+  for off, cnt in zip(offsets, counts):
+    fp.seek(int(off))
+    buf = fp.read(int(cnt))
+    if len(buf) != int(cnt):
+      raise ImageDecodeError(f"{getattr(im, 'filename', '')}: truncated TIFF strip")
+    chunks.append(buf)
+  data = np.frombuffer(b"".join(chunks)[:need], dtype=dtype).reshape(h, w, spp)
+  return data[:, :, :3].astype(np.float64)
+
+
+def resize_long_side(img: Image.Image, long_side: int = GLOBAL_LONG_SIDE,
+                     min_short_side: int = MIN_SHORT_SIDE) -> tuple[Image.Image, float]:
+  """Bicubic down-scale so the long side is at most `long_side` -> (image, original/view scale).
+
+  Sizes from `boxes.resized_size` (released `resize_image`: int-truncated sides, only down-scaling).
+  The returned scale is `max(W, H) / long_side` when resized, else 1.0.
+  """
+  w, h = img.size
+  size = resized_size(w, h, long_side, min_short_side)
+  if size == (w, h):
+    return img, 1.0
+  return img.resize(size, Image.BICUBIC), global_scale(w, h, long_side)
+
+
+def global_view(img: Image.Image, long_side: int = GLOBAL_LONG_SIDE) -> tuple[Image.Image, float]:
+  """The model's global view: long side `long_side` (only down-scales) -> (view, scale).
+
+  `scale` maps view pixels to original pixels (`boxes.global_to_original`).
+  """
+  return resize_long_side(img, long_side)
+
+
+def crop_and_zoom(img: Image.Image, box_orig: Sequence[float], min_size: int = MIN_CROP,
+                  max_long_side: int = GLOBAL_LONG_SIDE) -> Image.Image:
+  """Crop `crop_window(box_orig)` from the original and down-scale so its long side <= `max_long_side`."""
+  window = crop_window(box_orig, img.width, img.height, min_size)
+  return resize_long_side(img.crop(window), max_long_side)[0]
+
+
+class ImageStore:
+  """Decoded originals by name under a root, with an LRU cache sized in bytes. Thread-safe.
+
+  Args:
+    root: directory the names are resolved under (names may not escape it).
+    cache_bytes: budget for decoded RGB originals (`w * h * 3` bytes each); 0 disables the cache. An
+      image larger than the budget is decoded but not kept.
+    max_pixels: decompression-bomb limit passed to `load_image`.
+  """
+
+  def __init__(self, root: str | os.PathLike, cache_bytes: int = 2 << 30,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    self.root = os.path.realpath(os.fspath(root))
+    self.cache_bytes = int(cache_bytes)
+    self.max_pixels = max_pixels
+    self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+    self._sizes: dict[str, tuple[int, int]] = {}
+    self._used = 0
+    self._lock = threading.Lock()
+    self.hits = 0
+    self.misses = 0
+
+  def path(self, name: str) -> str:
+    """Resolve `name` under the root; raises `PathEscapeError` for absolute or escaping names."""
+    return resolve_under(self.root, name)
+
+  def size(self, name: str) -> tuple[int, int]:
+    """`(width, height)` from the header (memoised; no decoding)."""
+    with self._lock:
+      if name in self._sizes:
+        return self._sizes[name]
+    wh = image_size(self.path(name))
+    with self._lock:
+      self._sizes[name] = wh
+    return wh
+
+  def get(self, name: str) -> Image.Image:
+    """The decoded RGB original (shared: do not modify it in place)."""
+    with self._lock:
+      img = self._cache.get(name)
+      if img is not None:
+        self._cache.move_to_end(name)
+        self.hits += 1
+        return img
+      self.misses += 1
+    img = load_image(self.path(name), max_pixels=self.max_pixels)
+    nbytes = img.width * img.height * 3
+    with self._lock:
+      self._sizes[name] = img.size
+      if 0 < nbytes <= self.cache_bytes and name not in self._cache:
+        self._cache[name] = img
+        self._used += nbytes
+        while self._used > self.cache_bytes:
+          _, old = self._cache.popitem(last=False)
+          self._used -= old.width * old.height * 3
+    return img
+
+  def global_view(self, name: str, long_side: int = GLOBAL_LONG_SIDE) -> tuple[Image.Image, float]:
+    return global_view(self.get(name), long_side)
+
+  def crop(self, name: str, box_orig: Sequence[float], min_size: int = MIN_CROP,
+           max_long_side: int = GLOBAL_LONG_SIDE) -> Image.Image:
+    return crop_and_zoom(self.get(name), box_orig, min_size, max_long_side)
+
+  @property
+  def cached_bytes(self) -> int:
+    return self._used
+
+  def clear(self) -> None:
+    with self._lock:
+      self._cache.clear()
+      self._used = 0
+
+
+class PathEscapeError(ImageError, ValueError):
+  """An image name resolves outside its root (absolute path, `..`, or a symlink leading out)."""
+
+
+def resolve_under(root: str | os.PathLike, name: str) -> str:
+  """`root/name`, refusing absolute names and any that resolve (symlinks included) outside `root`."""
+  if not isinstance(name, str) or not name or "\x00" in name:
+    raise PathEscapeError(f"invalid image name {name!r}")
+  if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    raise PathEscapeError(f"image name {name!r} is absolute; names must be relative to the image root")
+  root = os.path.realpath(os.fspath(root))
+  full = os.path.realpath(os.path.join(root, name))
+  if os.path.commonpath([root, full]) != root:
+    raise PathEscapeError(f"image name {name!r} resolves outside the image root {root}")
+  return full
