@@ -115,8 +115,8 @@ def _first_box_in_text(text: str) -> list[float] | None:
   return None
 
 
-def _sanitize(nums: Sequence[float], view_size: Sequence[float] | None) -> list[float] | None:
-  """Swap, clamp, reject empty (module docstring)."""
+def sanitize_box(nums: Sequence[float], view_size: Sequence[float] | None) -> list[float] | None:
+  """Swap, clamp, reject empty (module docstring): 4 numbers -> a valid box or None."""
   x1, y1, x2, y2 = (float(v) for v in nums)
   if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
     return None
@@ -210,7 +210,8 @@ def parse_tool_calls(text: Any) -> list[ToolCall]:
   return calls
 
 
-def _box_from_args(args: dict) -> list[float] | None:
+def box_from_arguments(args: dict) -> list[float] | None:
+  """The 4 numbers of a tool call's `bbox_2d` argument (list, or list as a string), unsanitized, or None."""
   v = args.get("bbox_2d")
   if isinstance(v, str):
     inner = v.strip().strip("\"'").strip()
@@ -228,7 +229,7 @@ def _first_multiturn_box(text: str) -> list[float] | None:
     call = _decode_call(body)
     if call is not None:
       if call.name == CROP_TOOL:
-        nums = _box_from_args(call.arguments)
+        nums = box_from_arguments(call.arguments)
         if nums is not None:
           return nums
       continue
@@ -258,7 +259,7 @@ def parse_crop_request(text: Any, protocol: str = "released",
       nums = _first_multiturn_box(text)
     else:
       return None
-    return None if nums is None else _sanitize(nums, view_size)
+    return None if nums is None else sanitize_box(nums, view_size)
   except (ValueError, TypeError, OverflowError, RecursionError, IndexError):  # defensive: never raise
     return None
 

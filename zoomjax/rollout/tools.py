@@ -1,0 +1,224 @@
+"""Tool registry of the perception loop: a tool takes the scene image and JSON arguments, returns an image or text.
+
+Interface (what a downstream tool implements; `zoomjax/tools/` holds those of later issues):
+
+    class Denoise(Tool):
+      name = "denoise"
+      description = "Denoise a region of the full-resolution image."
+      parameters = {"type": "object", "properties": {"bbox_2d": BBOX_2D_PARAM}, "required": ["bbox_2d"]}
+
+      def apply(self, image: SceneImage, arguments: dict) -> PIL.Image.Image | str | ToolResult: ...
+
+    registry = default_registry()          # holds crop_and_zoom
+    registry.register(Denoise())
+    out = registry.call("denoise", scene, {"bbox_2d": [10, 20, 200, 220]})   # -> ToolResult, never raises
+
+`SceneImage` is what every tool sees: the full-resolution original, the global view the model saw and the
+frame conversion between them. Boxes in arguments are in the model's frame, i.e. global-view pixels
+(`SceneImage.box_to_original` maps them). `Tool.schema()` gives the OpenAI-style function schema the
+multiturn prompt embeds (`registry.schemas()`).
+
+`ToolRegistry.call` validates the arguments against the tool's `required` keys, runs `apply`, and turns a
+`ToolArgumentError` (or an `ImageError`) into `ToolResult(error=…, text=…)`, so a bad call made by the
+model becomes a text tool response instead of a crash.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+from PIL import Image
+
+from zoomjax.data import images as zimages
+from zoomjax.rollout.parse import box_from_arguments, sanitize_box
+
+BBOX_2D_PARAM: Mapping[str, Any] = {
+    "type": "array",
+    "items": {"type": "number"},
+    "minItems": 4,
+    "maxItems": 4,
+    "description": "[x_min, y_min, x_max, y_max] in global-view pixels",
+}
+
+
+class ToolError(Exception):
+  """A tool could not be run."""
+
+
+class ToolArgumentError(ToolError, ValueError):
+  """The arguments of a tool call are missing or invalid."""
+
+
+class UnknownToolError(ToolError, KeyError):
+  """No tool of that name is registered."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneImage:
+  """The image a trajectory is about, in both frames.
+
+  Attributes:
+    original: full-resolution RGB image (W x H).
+    view: the global view the model sees (long side `long_side`, only down-scaled).
+    long_side: global-view long side (512).
+  """
+
+  original: Image.Image
+  view: Image.Image
+  long_side: int = zimages.GLOBAL_LONG_SIDE
+
+  @classmethod
+  def from_original(cls, original: Image.Image, long_side: int = zimages.GLOBAL_LONG_SIDE) -> "SceneImage":
+    return cls(original, zimages.global_view(original, long_side)[0], long_side)
+
+  @property
+  def view_size(self) -> tuple[int, int]:
+    return self.view.size
+
+  @property
+  def original_size(self) -> tuple[int, int]:
+    return self.original.size
+
+  def box_to_original(self, box_global) -> list[float]:
+    """Global-view box -> original pixels (`boxes.global_to_original`)."""
+    w, h = self.original.size
+    return zimages.global_to_original(box_global, w, h, self.long_side)
+
+
+@dataclasses.dataclass
+class ToolResult:
+  """What a tool returned: an image (appended as a new image) or text, plus bookkeeping.
+
+  Attributes:
+    image: the returned image, or None.
+    text: the returned text (or the error message), or None.
+    error: why the call failed (None on success).
+    info: tool-specific details for the trajectory (crop_and_zoom: `box_global`, `box_original`, `window`).
+  """
+
+  image: Image.Image | None = None
+  text: str | None = None
+  error: str | None = None
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def ok(self) -> bool:
+    return self.error is None
+
+
+class Tool(abc.ABC):
+  """A tool the model can call. Subclasses set `name`, `description`, `parameters` and define `apply`."""
+
+  name: ClassVar[str]
+  description: ClassVar[str] = ""
+  parameters: ClassVar[Mapping[str, Any]] = {"type": "object", "properties": {}}
+
+  def schema(self) -> dict:
+    """OpenAI-style function schema (what Qwen's `# Tools` block lists)."""
+    return {"type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": dict(self.parameters)}}
+
+  def validate(self, arguments: Any) -> dict:
+    """Checks `arguments` is an object holding the schema's `required` keys; returns it as a dict."""
+    if not isinstance(arguments, Mapping):
+      raise ToolArgumentError(f"{self.name}: arguments must be a JSON object, got {type(arguments).__name__}")
+    missing = [k for k in self.parameters.get("required", ()) if k not in arguments]
+    if missing:
+      raise ToolArgumentError(f"{self.name}: missing argument(s) {missing}")
+    return dict(arguments)
+
+  @abc.abstractmethod
+  def apply(self, image: SceneImage, arguments: dict) -> "Image.Image | str | ToolResult":
+    """Runs the tool on `image` with validated `arguments`."""
+
+
+def bbox_argument(image: SceneImage, arguments: Mapping[str, Any]) -> list[float]:
+  """The `bbox_2d` argument as a sanitized global-view box (parse rules: swap, clamp, no empty boxes)."""
+  nums = box_from_arguments(dict(arguments))
+  box = None if nums is None else sanitize_box(nums, image.view_size)
+  if box is None:
+    raise ToolArgumentError(f"bbox_2d must be 4 finite numbers [x_min, y_min, x_max, y_max] enclosing a "
+                            f"non-empty part of the {image.view_size[0]}x{image.view_size[1]} view, got "
+                            f"{arguments.get('bbox_2d')!r}")
+  return box
+
+
+class CropAndZoom(Tool):
+  """Crops a region of the original and returns it zoomed (the released rule, SPEC §3).
+
+  The global-view box is mapped to original pixels (`scale = max(W, H) / 512`), widened to a window of at
+  least `min_size` (512) px a side shifted inside the image (`crop_window`), and the crop down-scaled so its
+  long side is at most `max_long_side` (512).
+  """
+
+  name = "crop_and_zoom"
+  description = ("Crop a region of the full-resolution image and return it zoomed in. The box is in pixel "
+                 "coordinates of the global view shown to you.")
+  parameters = {"type": "object", "properties": {"bbox_2d": BBOX_2D_PARAM}, "required": ["bbox_2d"]}
+
+  def __init__(self, min_size: int = zimages.MIN_CROP, max_long_side: int = zimages.GLOBAL_LONG_SIDE):
+    self.min_size = int(min_size)
+    self.max_long_side = int(max_long_side)
+
+  def apply(self, image: SceneImage, arguments: dict) -> ToolResult:
+    box_g = bbox_argument(image, arguments)
+    box_o = image.box_to_original(box_g)
+    w, h = image.original_size
+    window = zimages.crop_window(box_o, w, h, self.min_size)
+    crop = zimages.crop_and_zoom(image.original, box_o, self.min_size, self.max_long_side)
+    return ToolResult(image=crop, info={"box_global": box_g, "box_original": box_o, "window": list(window)})
+
+
+class ToolRegistry:
+  """Tools by name. `call` never raises for a bad call by the model (unknown tool, bad arguments)."""
+
+  def __init__(self, tools: "list[Tool] | tuple[Tool, ...]" = ()):
+    self._tools: dict[str, Tool] = {}
+    for t in tools:
+      self.register(t)
+
+  def register(self, tool: Tool, *, replace: bool = False) -> Tool:
+    if not isinstance(tool, Tool):
+      raise TypeError(f"expected a Tool, got {type(tool).__name__}")
+    if tool.name in self._tools and not replace:
+      raise ValueError(f"tool {tool.name!r} is already registered (pass replace=True)")
+    self._tools[tool.name] = tool
+    return tool
+
+  def get(self, name: str) -> Tool:
+    try:
+      return self._tools[name]
+    except KeyError:
+      raise UnknownToolError(f"unknown tool {name!r}; registered: {sorted(self._tools)}") from None
+
+  def __contains__(self, name: object) -> bool:
+    return name in self._tools
+
+  def names(self) -> list[str]:
+    return list(self._tools)
+
+  def schemas(self) -> list[dict]:
+    return [t.schema() for t in self._tools.values()]
+
+  def call(self, name: str, image: SceneImage, arguments: Any) -> ToolResult:
+    """Runs tool `name`; model mistakes come back as `ToolResult(error=msg, text=msg)`."""
+    try:
+      tool = self.get(name)
+      out = tool.apply(image, tool.validate(arguments))
+    except (ToolError, zimages.ImageError) as e:
+      msg = f"Error: {e}"
+      return ToolResult(text=msg, error=str(e))
+    if isinstance(out, ToolResult):
+      return out
+    if isinstance(out, Image.Image):
+      return ToolResult(image=out)
+    if isinstance(out, str):
+      return ToolResult(text=out)
+    raise TypeError(f"tool {name!r} returned {type(out).__name__}; expected a PIL image, str or ToolResult")
+
+
+def default_registry() -> ToolRegistry:
+  """A fresh registry holding `crop_and_zoom`."""
+  return ToolRegistry([CropAndZoom()])
