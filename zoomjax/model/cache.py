@@ -1,0 +1,96 @@
+"""Per-row KV cache for batched generation (prefill / extend with images / one-token decode).
+
+Layout (a plain dict, a pytree; donate it to the jitted functions):
+
+    cache = {
+      "k": [L, B, S, K, H],        keys after M-RoPE, slot s of row b = the row's s-th token
+      "v": [L, B, S, K, H],
+      "length": int32[B],          tokens of each row already in the cache (rows differ)
+      "rope_deltas": int32[B],     M-RoPE offset of each row (see zoomjax.model.inputs)
+    }
+
+Rows are packed from slot 0 (no left padding): row b's tokens occupy slots `[0, length[b])`.
+
+* `extend(cfg, params, cache, inputs, pixel_values=None) -> (logits float32[B, Tn, V], cache)` appends up
+  to Tn new tokens per row (prompt prefill, tool text, or a continuation with new images). `inputs` comes
+  from `zoomjax.model.inputs.prepare_extend` (host), which computes the new tokens' 3-D positions from
+  each row's full token history, exactly as the reference does when new vision tokens arrive; row b
+  writes its `num_new[b]` tokens at slots `length[b] …` and its length advances by `num_new[b]`. Padding
+  tokens of shorter rows are written beyond the row's new length and overwritten later; they never
+  influence valid tokens. `logits[b, num_new[b] - 1]` predicts the row's next token.
+* `decode(cfg, params, cache, tokens int32[B], active=None) -> (logits float32[B, V], cache)` appends one
+  text token per row at position `length[b] + rope_deltas[b]` on all three M-RoPE axes (the reference's
+  rule for generated tokens); rows with `active[b] == False` do not advance.
+
+Slots past the cache size S are dropped silently: size the cache for the longest row (`max_len`).
+The jitted versions `extend_jit` / `decode_jit` donate the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from zoomjax.model.config import ModelConfig
+from zoomjax.model.layers import as_dtype
+
+Cache = dict[str, jax.Array]
+
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "activation_batch", None, "activation_kv_heads", None),
+    "v": ("layers", "activation_batch", None, "activation_kv_heads", None),
+    "length": ("activation_batch",),
+    "rope_deltas": ("activation_batch",),
+}
+"""Logical axis names of each cache entry (map them with `zoomjax.model.sharding`)."""
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+  """An empty cache for `batch` rows of at most `max_len` tokens (dtype defaults to cfg.dtype)."""
+  t = cfg.text
+  dt = as_dtype(dtype or cfg.dtype)
+  shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+  return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+          "length": jnp.zeros((batch,), jnp.int32), "rope_deltas": jnp.zeros((batch,), jnp.int32)}
+
+
+def _run(cfg, params, cache, input_ids, position_ids, write_pos, image_index=None, pixel_values=None,
+         vision_meta=None):
+  from zoomjax.model.qwen2_5_vl import Qwen2_5_VL
+  s = cache["k"].shape[2]
+  mask = jnp.arange(s)[None, None, :] <= write_pos[:, :, None]        # [B, Tn, S]
+  logits, (k, v) = Qwen2_5_VL(cfg).apply(
+      {"params": params}, input_ids, position_ids, mask, image_index, pixel_values, vision_meta,
+      kv_cache=(cache["k"], cache["v"]), write_pos=write_pos)
+  return logits, k, v
+
+
+def extend(cfg: ModelConfig, params: Any, cache: Cache, inputs: dict[str, Any], pixel_values=None
+           ) -> tuple[jax.Array, Cache]:
+  """Appends `inputs["input_ids"]` (int32[B, Tn], `num_new[b]` valid per row) to the cache."""
+  ids = inputs["input_ids"]
+  tn = ids.shape[1]
+  write_pos = cache["length"][:, None] + jnp.arange(tn, dtype=jnp.int32)[None, :]
+  logits, k, v = _run(cfg, params, cache, ids, inputs["position_ids"], write_pos, inputs.get("image_index"),
+                      pixel_values, inputs.get("vision"))
+  new = {"k": k, "v": v, "length": cache["length"] + inputs["num_new"].astype(jnp.int32),
+         "rope_deltas": inputs["rope_deltas"].astype(jnp.int32)}
+  return logits, new
+
+
+def decode(cfg: ModelConfig, params: Any, cache: Cache, tokens: jax.Array, active=None
+           ) -> tuple[jax.Array, Cache]:
+  """Appends one text token per row; returns float32[B, V] next-token logits."""
+  length = cache["length"]
+  b = tokens.shape[0]
+  pos = jnp.broadcast_to((length + cache["rope_deltas"])[None, :, None], (3, b, 1)).astype(jnp.int32)
+  logits, k, v = _run(cfg, params, cache, tokens.reshape(b, 1).astype(jnp.int32), pos, length[:, None])
+  step = jnp.ones((b,), jnp.int32) if active is None else active.astype(jnp.int32)
+  # An inactive row's write lands at slot length[b], outside its valid prefix: harmless, later overwritten.
+  return logits[:, 0], {"k": k, "v": v, "length": length + step, "rope_deltas": cache["rope_deltas"]}
+
+
+extend_jit = jax.jit(extend, static_argnums=0, donate_argnums=2)
+decode_jit = jax.jit(decode, static_argnums=0, donate_argnums=2)
