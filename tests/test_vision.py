@@ -12,7 +12,7 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from zoomjax.model import vision
+from zoomjax.model import sharding, vision
 from zoomjax.model.config import ModelConfig, VisionConfig
 
 TOL = 1e-4
@@ -116,6 +116,15 @@ def test_padding_does_not_change_real_outputs(setup):
   assert out.shape == (pad_to // 4, cfg.vision.out_hidden_size)
   np.testing.assert_allclose(out[:len(ref)], ref, atol=TOL, rtol=0)
   assert np.isfinite(out).all()
+
+
+def test_sharded_on_a_mesh_equals_reference(setup):
+  """Under the default rules on a (data 2, fsdp 2, tensor 2) CPU mesh (uneven heads for `wide`)."""
+  name, cfg, model, grid, pixels, ref = setup
+  params = _params_from_state_dict(cfg, model.state_dict())
+  with sharding.activation_rules(sharding.make_mesh(data=2, fsdp=2, tensor=2)):
+    out = _run(cfg, params, pixels, grid)
+  np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
 
 
 def test_unrolled_equals_scanned(setup):

@@ -42,6 +42,8 @@ Interface
     merger/ln_q/scale                  [D]                 (vision_embed,)
     merger/mlp_0/kernel                [U*D, U*D]          (vision_merge, vision_mlp); bias [U*D]
     merger/mlp_2/kernel                [U*D, E]            (vision_mlp, embed); bias [E]
+  Activations are constrained with `activation_vision_{patches,embed,heads,mlp}` (output rows:
+  `activation_vision_patches, activation_embed`).
 
 `vision_leaf_table(cfg: ModelConfig) -> LeafTable` maps every param path above to its HF tensor(s):
   visual.patch_embed.proj.weight (Conv3d [D, C, tp, p, p]), visual.blocks.N.{norm1,norm2}.weight,
@@ -67,8 +69,8 @@ from zoomjax.model.leaves import LeafSource, LeafTable
 ROPE_THETA = 10000.0   # the reference's vision rope_parameters default (`axial`, theta 1e4); never overridden
 NORM_EPS = 1e-6        # the reference hard-codes eps=1e-6 for every vision RMSNorm
 _MASK_VALUE = float(np.finfo(np.float32).min)
-PD = ("activation_patches", "activation_embed")
-PHK = ("activation_patches", "activation_heads", None)
+PD = ("activation_vision_patches", "activation_vision_embed")
+PHK = ("activation_vision_patches", "activation_vision_heads", None)
 
 
 # ------------------------------------------------------------------------------------- host metadata
@@ -233,7 +235,7 @@ class VisionMLP(nn.Module):
                                                 param_dtype=pdt, name=name)
     gate = proj(v.intermediate_size, ("vision_embed", "vision_mlp"), "gate_proj")(x)
     up = proj(v.intermediate_size, ("vision_embed", "vision_mlp"), "up_proj")(x)
-    h = constrain(nn.silu(gate) * up, ("activation_patches", "activation_mlp"))
+    h = constrain(nn.silu(gate) * up, ("activation_vision_patches", "activation_vision_mlp"))
     return proj(v.hidden_size, ("vision_mlp", "vision_embed"), "down_proj")(h)
 
 
@@ -308,7 +310,7 @@ class VisionTower(nn.Module):
         x, _ = block(x, None, cos, sin, *segs)
     x = PatchMerger(self.cfg, name="merger")(x)                          # [N, E], window order
     x = jnp.take(x, jnp.asarray(meta["reverse_index"]), axis=0)
-    return constrain(x, ("activation_patches", "activation_embed"))
+    return constrain(x, ("activation_vision_patches", "activation_embed"))
 
 
 # ------------------------------------------------------------------------------------------ HF mapping
