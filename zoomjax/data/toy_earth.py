@@ -1,0 +1,463 @@
+"""Toy Earth: a procedural ultra-high-resolution benchmark in LRS-GRO's format, for active perception on a CPU.
+
+    python -m zoomjax.data.toy_earth --out DIR [--seed S] [--num-images N] [--size 2048]
+
+writes `DIR/images/toy_XXXXX.png` and `DIR/{sft,rl,test}.jsonl` (split by image: held-out test images)
+plus `DIR/meta.json` (answer vocabularies, counts, generator version). Rows carry the LRS-GRO fields of
+their split (`question_id, image_name, category, question, higher_level, ground_truth, bbox, type,
+split`, + `label`; SFT also `cut, global, stage_1_reasoning, stage_2_reasoning, scale`), boxes in the
+1024-long-side frame, so every LRS-GRO reader, trajectory builder and scorer runs on it unchanged.
+
+Each image is a 3 x 3 grid of cells. The background says the scene type (residential / industrial:
+urban; farmland / forest: rural) and the season (vegetation colour); 1-3 water bodies are visible.
+Cells hold the entities questions refer to, named by their cell ("the paved area in the top-left part of
+the image"): paved areas (parking: cars or trucks; storage: tanks; airfield: planes or helicopters;
+or empty), large buildings (roof colour markings, a roof symbol, a roof material, maybe a vehicle
+parked next to it) and ships in basins (tanker or container ship, moving with a wake or stationary).
+Global questions are answerable from the global view; region and object questions need the crop (see
+`toy_earth_render` for the sizes that make this so). Answers come from small closed vocabularies
+(`VOCAB`), so a tiny model can learn them. 15 of LRS-GRO's categories are covered.
+
+Everything is a function of (seed, image index, size): the same arguments give byte-identical files,
+whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from zoomjax.data import toy_earth_render as R
+
+GENERATOR_VERSION = "toy-earth-v1"
+MIN_SIZE, MAX_SIZE = 1536, 8192
+# The image budget (pixels) the embedded default preprocesses every image to (global view and crops):
+# Toy Earth's object sizes are designed so the asked details are legible in a crop at this budget and
+# not in the global view.
+TOY_VIEW_PIXELS = 224 * 224
+
+SCENES = ("residential", "industrial", "farmland", "forest")
+URBAN = {"residential": "urban", "industrial": "urban", "farmland": "rural", "forest": "rural"}
+SEASONS = ("spring", "summer", "autumn", "winter")
+POSITIONS = (("top-left", "top", "top-right"), ("left", "central", "right"),
+             ("bottom-left", "bottom", "bottom-right"))
+AREA_KINDS = ("parking", "storage", "airfield", "empty")
+AREA_OBJECTS = {"parking": ("car", "truck"), "storage": ("tank",), "airfield": ("plane", "helicopter")}
+PLURAL = {"car": "cars", "truck": "trucks", "tank": "tanks", "plane": "planes", "helicopter": "helicopters"}
+NOUN = {"parking": "vehicles", "storage": "storage tanks", "airfield": "aircraft"}
+
+VOCAB: dict[str, tuple[str, ...]] = {
+    "Scene Type": SCENES,
+    "Urban-Rural": ("urban", "rural"),
+    "Season": SEASONS,
+    "Counting/global": ("1", "2", "3"),
+    "Counting/region": ("1", "2", "3", "4"),
+    "Region function": ("parking", "storage", "airfield"),
+    "Region status": ("occupied", "empty"),
+    "Object category": tuple(PLURAL.values()),
+    "Object existence": ("yes", "no"),
+    "Other visual features": ("row", "scattered"),
+    "Object color / pattern": tuple(R.COLORS),
+    "Object shape / structure": ("circle", "square", "triangle", "cross"),
+    "Object material / surface": ("metal", "concrete", "tiles"),
+    "Object relative position / context": ("car", "truck", "nothing"),
+    "Object state / motion / activity": ("moving", "stationary"),
+    "Object category refinement": ("tanker", "container ship"),
+}
+HIGHER_LEVEL = {  # LRS-GRO's majority higher_level per category
+    "Scene Type": "reasoning", "Urban-Rural": "reasoning", "Season": "reasoning", "Counting": "perception",
+    "Region function": "function", "Region status": "reasoning", "Object category": "attribute",
+    "Object existence": "perception", "Other visual features": "attribute",
+    "Object color / pattern": "perception", "Object shape / structure": "perception",
+    "Object material / surface": "attribute", "Object relative position / context": "localization",
+    "Object state / motion / activity": "reasoning", "Object category refinement": "attribute",
+}
+CROP_INTRO = ", therefore I need to crop the image to examine the surroundings of the mentioned target."
+GLOBAL_INTRO = ", therefore I need to analyze the entire image without cropping."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout.
+
+@dataclasses.dataclass
+class Entity:
+  kind: str              # "area" | "building" | "ship" | "lake"
+  cell: tuple[int, int]
+  box: tuple[int, int, int, int]    # original pixels (the referent's box)
+  attrs: dict[str, Any]
+
+  @property
+  def where(self) -> str:
+    return f"in the {POSITIONS[self.cell[0]][self.cell[1]]} part of the image"
+
+
+@dataclasses.dataclass
+class Layout:
+  size: int
+  scene: str
+  season: str
+  entities: list[Entity]
+
+  @property
+  def num_water(self) -> int:
+    return sum(e.kind in ("lake", "ship") for e in self.entities)
+
+
+def _cell_bounds(size: int, cell: tuple[int, int]) -> tuple[int, int, int, int]:
+  c = size // 3
+  r, k = cell
+  return k * c, r * c, (size if k == 2 else (k + 1) * c), (size if r == 2 else (r + 1) * c)
+
+
+def _place(rng, bounds, w: int, h: int, margin: int = 40) -> tuple[int, int]:
+  x0, y0, x1, y1 = bounds
+  return (int(rng.integers(x0 + margin, max(x0 + margin + 1, x1 - margin - w))),
+          int(rng.integers(y0 + margin, max(y0 + margin + 1, y1 - margin - h))))
+
+
+def _area_objects(rng, box, obj: str, n: int, arrangement: str) -> list[tuple[int, int]]:
+  """Centres of `n` objects inside the paved area `box`, in a row or scattered."""
+  x0, y0, x1, y1 = box
+  ow, oh = R.OBJECT_SIZE[obj]
+  pad = 12
+  if arrangement == "row":
+    gap = int(rng.integers(14, 26))
+    span = n * ow + (n - 1) * gap
+    sx = int(rng.integers(x0 + pad, max(x0 + pad + 1, x1 - pad - span)))
+    cy = int(rng.integers(y0 + pad + oh, y1 - pad - oh))
+    return [(sx + i * (ow + gap) + ow // 2, cy) for i in range(n)]
+  min_d = max(ow, oh) + 12
+  for _ in range(1000):
+    pts = [(int(rng.integers(x0 + pad + ow // 2 + 1, x1 - pad - ow // 2 - 1)),
+            int(rng.integers(y0 + pad + oh // 2 + 1, y1 - pad - oh // 2 - 1))) for _ in range(n)]
+    ok = all((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 >= min_d ** 2
+             for i, a in enumerate(pts) for b in pts[i + 1:])
+    ys = [p[1] for p in pts]
+    if ok and (n < 3 or max(ys) - min(ys) >= 3 * oh):
+      return pts
+  raise RuntimeError("could not scatter objects in a paved area")  # cannot happen for the sizes used
+
+
+def make_layout(rng: np.random.Generator, size: int) -> Layout:
+  scene = SCENES[int(rng.integers(len(SCENES)))]
+  season = SEASONS[int(rng.integers(len(SEASONS)))]
+  cells = [(int(i) // 3, int(i) % 3) for i in rng.permutation(9)]
+  n_area = int(rng.integers(2, 4))
+  n_building = int(rng.integers(1, 3))
+  n_ship = int(rng.integers(0, 3))
+  n_water = int(rng.integers(max(1, n_ship), 4))
+  n_lake = min(n_water - n_ship, 9 - n_area - n_building - n_ship)
+  ents: list[Entity] = []
+  for kind, n in (("area", n_area), ("building", n_building), ("ship", n_ship), ("lake", n_lake)):
+    for _ in range(n):
+      cell = cells.pop()
+      bounds = _cell_bounds(size, cell)
+      if kind == "area":
+        w, h = int(rng.integers(220, 321)), int(rng.integers(170, 281))
+        x, y = _place(rng, bounds, w, h)
+        box = (x, y, x + w, y + h)
+        area_kind = AREA_KINDS[int(rng.choice(4, p=[0.3, 0.25, 0.25, 0.2]))]
+        attrs: dict[str, Any] = {"area": area_kind}
+        if area_kind != "empty":
+          choices = AREA_OBJECTS[area_kind]
+          obj = choices[int(rng.integers(len(choices)))]
+          n_obj = int(rng.integers(1, 5))
+          arrangement = "row" if n_obj < 3 else ("row", "scattered")[int(rng.integers(2))]
+          attrs.update(object=obj, count=n_obj, arrangement=arrangement,
+                       centres=_area_objects(rng, box, obj, n_obj, arrangement))
+      elif kind == "building":
+        w, h = R.BUILDING
+        x, y = _place(rng, bounds, w + 40, h + 8)
+        box = (x, y, x + w, y + h)
+        attrs = {"color": VOCAB["Object color / pattern"][int(rng.integers(5))],
+                 "symbol": VOCAB["Object shape / structure"][int(rng.integers(4))],
+                 "material": VOCAB["Object material / surface"][int(rng.integers(3))],
+                 "neighbour": VOCAB["Object relative position / context"][int(rng.integers(3))]}
+      elif kind == "ship":
+        bw, bh = int(rng.integers(320, 421)), int(rng.integers(170, 241))
+        bx, by = _place(rng, bounds, bw, bh)
+        w, h = R.SHIP
+        facing_right = bool(rng.integers(2))
+        # hull + wake (90 px behind the stern) centred in the basin
+        span_x0 = bx + (bw - (w + 90)) // 2 + int(rng.integers(-10, 11))
+        x = span_x0 + 90 if facing_right else span_x0
+        y = by + (bh - h) // 2 + int(rng.integers(-20, 21))
+        box = (x, y, x + w, y + h)
+        attrs = {"ship": VOCAB["Object category refinement"][int(rng.integers(2))],
+                 "moving": bool(rng.integers(2)), "facing_right": facing_right,
+                 "basin": (bx, by, bx + bw, by + bh)}
+      else:
+        x0, y0, x1, y1 = bounds
+        w = int(rng.integers(220, max(221, x1 - x0 - 80)))
+        h = int(rng.integers(180, max(181, y1 - y0 - 80)))
+        x, y = _place(rng, bounds, w, h)
+        box = (x, y, x + w, y + h)
+        attrs = {}
+      ents.append(Entity(kind, cell, box, attrs))
+  return Layout(size, scene, season, ents)
+
+
+def render(rng: np.random.Generator, lay: Layout) -> np.ndarray:
+  """The uint8[size, size, 3] image of a layout."""
+  img = R.terrain(rng, lay.size, lay.scene, lay.season)
+  ground = np.asarray(R.SEASON_VEG[lay.season], np.float32)
+  for e in lay.entities:
+    if e.kind == "lake":
+      R.water_body(img, rng, e.box)
+    elif e.kind == "ship":
+      R.water_body(img, rng, e.attrs["basin"])
+  for e in lay.entities:
+    if e.kind == "area":
+      R.clearing(img, e.box, ground)
+      R.draw_paved_area(img, rng, e.box)
+      for cx, cy in e.attrs.get("centres", ()):
+        R.draw_object(img, e.attrs["object"], cx, cy)
+    elif e.kind == "building":
+      x0, y0, x1, y1 = e.box
+      R.clearing(img, (x0, y0, x1 + 40, y1 + 4), ground)
+      R.draw_building(img, x0, y0, e.attrs["color"], e.attrs["symbol"], e.attrs["material"])
+      if e.attrs["neighbour"] != "nothing":
+        kind = e.attrs["neighbour"]
+        R.draw_vehicle(img, x1 + 8 + R.OBJECT_SIZE[kind][0] // 2, (y0 + y1) // 2, kind)
+    elif e.kind == "ship":
+      R.draw_ship(img, e.box[0], e.box[1], e.attrs["ship"], e.attrs["moving"], e.attrs["facing_right"])
+  return R.finish(img, rng)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Questions.
+
+def _q(category: str, qtype: str, question: str, answer: str, ent: Entity | None, intent: str,
+       observation: str, label: str = "") -> dict[str, Any]:
+  return {"category": category, "type": qtype, "question": question, "ground_truth": answer,
+          "entity": ent, "intent": intent, "observation": observation, "label": label}
+
+
+def questions(lay: Layout) -> list[dict[str, Any]]:
+  """The questions of one image (answers, referents and templated reasoning parts)."""
+  qs = [
+      _q("Scene Type", "global", "What is the main type of area shown in this image?", lay.scene, None,
+         "the main type of area", f"the area looks like {lay.scene}"),
+      _q("Urban-Rural", "global", "Does this image mainly depict an urban or rural area?", URBAN[lay.scene],
+         None, "whether the area is urban or rural", f"the area is {URBAN[lay.scene]}"),
+      _q("Season", "global", "What season does the scene appear to be?", lay.season, None,
+         "the season", f"the vegetation indicates {lay.season}"),
+      _q("Counting", "global", "How many water bodies are visible in the image?", str(lay.num_water), None,
+         "the number of water bodies", f"I count {lay.num_water} water bodies"),
+  ]
+  for e in lay.entities:
+    if e.kind == "area":
+      ref = f"the paved area {e.where}"
+      label = f"paved area {e.where.replace(' of the image', '')}"
+      a = e.attrs
+      occupied = a["area"] != "empty"
+      qs.append(_q("Region status", "region", f"Is {ref} occupied or empty?",
+                   "occupied" if occupied else "empty", e, "the occupancy of " + ref,
+                   f"the paved area is {'occupied' if occupied else 'empty'}", label))
+      noun = ("vehicles", "aircraft")[sum(e.cell) % 2]  # which existence question: by cell parity
+      present = (a["area"], noun) in (("parking", "vehicles"), ("airfield", "aircraft"))
+      qs.append(_q("Object existence", "region", f"Are there any {noun} in {ref}?",
+                   "yes" if present else "no", e, f"the presence of {noun} in " + ref,
+                   f"there are {'' if present else 'no '}{noun} in the paved area", label))
+      if occupied:
+        plural = PLURAL[a["object"]]
+        qs.append(_q("Region function", "region", f"What is {ref} used for?", a["area"], e,
+                     "the function of " + ref, f"the paved area holds {plural}, so it is used for {a['area']}",
+                     label))
+        qs.append(_q("Counting", "region", f"How many {NOUN[a['area']]} are in {ref}?", str(a["count"]), e,
+                     f"the number of {NOUN[a['area']]} in " + ref,
+                     f"I count {a['count']} {NOUN[a['area']]} in the paved area", label))
+        qs.append(_q("Object category", "region", f"What type of objects are in {ref}?", plural, e,
+                     "the type of objects in " + ref, f"the objects in the paved area are {plural}", label))
+        if a["count"] >= 3:
+          qs.append(_q("Other visual features", "region",
+                       f"Are the objects in {ref} arranged in a row or scattered?", a["arrangement"], e,
+                       "the arrangement of objects in " + ref,
+                       "the objects are " + ("arranged in a row" if a["arrangement"] == "row" else "scattered"),
+                       label))
+    elif e.kind == "building":
+      ref = f"the large building {e.where}"
+      label = f"large building {e.where.replace(' of the image', '')}"
+      a = e.attrs
+      qs.append(_q("Object color / pattern", "object", f"What color are the markings on the roof of {ref}?",
+                   a["color"], e, "the color of the roof markings of " + ref,
+                   f"the roof markings of the building are {a['color']}", label))
+      qs.append(_q("Object shape / structure", "object", f"What shape is the symbol on the roof of {ref}?",
+                   a["symbol"], e, "the shape of the roof symbol of " + ref,
+                   f"the symbol on the roof is a {a['symbol']}", label))
+      qs.append(_q("Object material / surface", "object",
+                   f"Is the roof of {ref} made of metal, concrete or tiles?", a["material"], e,
+                   "the roof material of " + ref, f"the roof is made of {a['material']}", label))
+      n = a["neighbour"]
+      qs.append(_q("Object relative position / context", "object",
+                   f"What is parked on the right side of {ref}?", n, e, "what is next to " + ref,
+                   "nothing is parked next to the building" if n == "nothing"
+                   else f"a {n} is parked next to the building", label))
+    elif e.kind == "ship":
+      ref = f"the ship {e.where}"
+      label = f"ship {e.where.replace(' of the image', '')}"
+      a = e.attrs
+      state = "moving" if a["moving"] else "stationary"
+      qs.append(_q("Object state / motion / activity", "object", f"Is {ref} moving or stationary?", state, e,
+                   "the motion state of " + ref,
+                   "the ship leaves a wake, so it is moving" if a["moving"]
+                   else "the ship has no wake, so it is stationary", label))
+      qs.append(_q("Object category refinement", "object", f"Is {ref} a tanker or a container ship?",
+                   a["ship"], e, "the type of " + ref,
+                   "the deck carries containers, so it is a container ship" if a["ship"] == "container ship"
+                   else "the deck has a pipe and round hatches, so it is a tanker", label))
+  return qs
+
+
+def _box1024(box, size: int) -> list[int]:
+  s = 1024.0 / size
+  return [int(min(1024, max(0, round(v * s)))) for v in box]
+
+
+def scene_description(lay: Layout) -> str:
+  u = URBAN[lay.scene]
+  art = "an" if u[0] in "aeiou" else "a"
+  return (f"The image shows {art} {u} {lay.scene} area in {lay.season} with {lay.num_water} water "
+          f"bod{'y' if lay.num_water == 1 else 'ies'}.")
+
+
+def stage_1_reasoning(q: dict[str, Any], box1024: list[int]) -> str:
+  """Released-style stage-1 text; for a crop, the box block in the 1024 frame (as LRS-GRO's SFT split)."""
+  if q["type"] == "global":
+    return f"This question is asking about {q['intent']} of the whole scene{GLOBAL_INTRO}"
+  box = ", ".join(str(v) for v in box1024)
+  return (f"This question is asking about {q['intent']}{CROP_INTRO}\nReasoning Result:\n"
+          f"I need to pay attention to the reference object at\n```json\n[\n"
+          f"    {{\"bbox_2d\": [{box}], \"label\": \"{q['label']}\"}}\n]\n```\n")
+
+
+def stage_2_reasoning(q: dict[str, Any]) -> str:
+  where = "From the whole image" if q["type"] == "global" else "In the cropped region"
+  return f"{where}, {q['observation']}."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation.
+
+def split_of(index: int, num_images: int) -> str:
+  """Images are split by index: the last ~15% test, the ~15% before them rl, the rest sft."""
+  n_test = 0 if num_images < 3 else max(1, round(0.15 * num_images))
+  n_rl = 0 if num_images < 3 else max(1, round(0.15 * num_images))
+  if index >= num_images - n_test:
+    return "test"
+  if index >= num_images - n_test - n_rl:
+    return "rl"
+  return "sft"
+
+
+def _image_seed(seed: int, index: int) -> list[int]:
+  return [int(seed) & 0xFFFFFFFF, int(index), 0x70E]
+
+
+def generate_image(seed: int, index: int, size: int, out_dir: str, image_format: str = "png"):
+  """Renders and writes one image; returns (image_name, layout, questions)."""
+  rng = np.random.default_rng(_image_seed(seed, index))
+  lay = make_layout(rng, size)
+  img = render(rng, lay)
+  name = f"toy_{index:05d}.{image_format}"
+  path = os.path.join(out_dir, "images", name)
+  tmp = path + ".tmp"
+  fmt = {"png": "PNG", "tif": "TIFF"}[image_format]
+  Image.fromarray(img).save(tmp, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+  os.replace(tmp, path)
+  return name, lay, questions(lay)
+
+
+def _rows(name: str, lay: Layout, qs: list[dict[str, Any]], split: str, first_id: int) -> list[dict[str, Any]]:
+  rows = []
+  desc = scene_description(lay)
+  for k, q in enumerate(qs):
+    e = q["entity"]
+    box = _box1024(e.box, lay.size) if e is not None else []
+    row = {"question_id": f"ToyEarth-{first_id + k}", "image_name": name, "category": q["category"],
+           "question": q["question"], "higher_level": HIGHER_LEVEL[q["category"]],
+           "ground_truth": q["ground_truth"], "bbox": box, "type": q["type"], "split": split,
+           "label": q["label"]}
+    if split == "sft":
+      row.update(cut=q["type"] != "global", **{"global": desc},
+                 stage_1_reasoning=stage_1_reasoning(q, box), stage_2_reasoning=stage_2_reasoning(q),
+                 scale=lay.size / 1024.0)
+    rows.append(row)
+  return rows
+
+
+def generate(out: str, seed: int = 0, num_images: int = 24, size: int = 2048, workers: int | None = None,
+             image_format: str = "png") -> dict[str, Any]:
+  """Writes a Toy Earth dataset to `out` (see module docstring); returns the meta dict (also meta.json)."""
+  if not MIN_SIZE <= size <= MAX_SIZE:
+    raise ValueError(f"--size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+  if num_images < 1:
+    raise ValueError(f"--num-images must be >= 1, got {num_images}")
+  os.makedirs(os.path.join(out, "images"), exist_ok=True)
+  if workers is None:
+    workers = min(os.cpu_count() or 1, 8, max(1, num_images // 4))
+  args = [(seed, i, size, out, image_format) for i in range(num_images)]
+  if workers > 1:
+    import multiprocessing as mp
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+      results = list(ex.map(_generate_star, args))
+  else:
+    results = [generate_image(*a) for a in args]
+  by_split: dict[str, list[dict[str, Any]]] = {"sft": [], "rl": [], "test": []}
+  next_id = 0
+  for i, (name, lay, qs) in enumerate(results):
+    split = split_of(i, num_images)
+    by_split[split].extend(_rows(name, lay, qs, split, next_id))
+    next_id += len(qs)
+  for split, rows in by_split.items():
+    tmp = os.path.join(out, f"{split}.jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, os.path.join(out, f"{split}.jsonl"))
+  meta = {"generator": GENERATOR_VERSION, "seed": seed, "num_images": num_images, "size": size,
+          "image_root": "images", "view_pixels": TOY_VIEW_PIXELS,
+          "splits": {s: {"rows": len(r), "images": len({x["image_name"] for x in r})} for s, r in by_split.items()},
+          "vocab": {k: list(v) for k, v in VOCAB.items()}}
+  with open(os.path.join(out, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+  return meta
+
+
+def _generate_star(a):
+  return generate_image(*a)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m zoomjax.data.toy_earth", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="output directory (images/ and *.jsonl are written there)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--num-images", type=int, default=24)
+  p.add_argument("--size", type=int, default=2048, help=f"image side in pixels, {MIN_SIZE}..{MAX_SIZE}")
+  p.add_argument("--workers", type=int, default=None, help="processes (default: automatic)")
+  p.add_argument("--format", choices=("png", "tif"), default="png")
+  a = p.parse_args(argv)
+  if not MIN_SIZE <= a.size <= MAX_SIZE:
+    p.error(f"--size must be in [{MIN_SIZE}, {MAX_SIZE}], got {a.size}")
+  if a.num_images < 1:
+    p.error(f"--num-images must be >= 1, got {a.num_images}")
+  t0 = time.time()
+  meta = generate(a.out, a.seed, a.num_images, a.size, a.workers, a.format)
+  sp = meta["splits"]
+  print(f"Toy Earth ({GENERATOR_VERSION}): {a.num_images} images of {a.size}px in {time.time() - t0:.1f}s -> "
+        f"{a.out}  sft {sp['sft']['rows']} / rl {sp['rl']['rows']} / test {sp['test']['rows']} questions")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
