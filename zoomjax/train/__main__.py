@@ -1,0 +1,100 @@
+"""`python -m zoomjax.train [CONFIG.yaml] [key=value ...]` — supervised fine-tuning.
+
+With no arguments: the embedded default (`configs/embedded.yaml`): Toy Earth is generated and the
+in-process tokenizer trained on first use, a tiny Qwen2.5-VL trains on a CPU, is evaluated on held-out
+data, and the run directory is printed. CONFIG is a path or a name in `configs/` (`toy_earth_sft`,
+`lrs_gro_3b_v5e16`, ...); overrides use dotted keys (`optim.lr=1e-4 mesh.fsdp=4 steps=50`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from zoomjax.train.config import ConfigError, load_config, to_dict
+
+DEFAULT_CONFIG = "embedded"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m zoomjax.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value",
+                 help="an optional config file (first), then dotted overrides")
+  p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  return p.parse_args(argv)
+
+
+def resolve(argv: list[str]):
+  ns = parse_args(argv)
+  path, overrides = DEFAULT_CONFIG, list(ns.args)
+  if overrides and "=" not in overrides[0]:
+    path = overrides.pop(0)
+  return load_config(path, overrides), ns
+
+
+def _set_cpu_devices(n: int) -> None:
+  """Simulated CPU devices (multi-process tests / laptops): must precede JAX's backend start-up."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if n and "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    cfg, ns = resolve(argv)
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  if ns.print_config:
+    import yaml
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+  _set_cpu_devices(cfg.distributed.local_device_count)
+  from zoomjax.train.trainer import PREEMPTED_EXIT_CODE, train
+  try:
+    summary = train(cfg)
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  import jax
+  if jax.process_index() == 0:
+    report(summary)
+  return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
+
+
+def report(summary: dict) -> None:
+  last = summary.get("last") or {}
+  lines = ["", f"run directory:   {summary['run_dir']}"]
+  if summary.get("preempted"):
+    lines.append(f"stopped by SIGTERM at step {summary['final_step']}; checkpoint saved, rerun to resume")
+  if "first_loss" in summary and last:
+    lines.append(f"train loss:      {summary['first_loss']:.4f} (step {summary['first_loss_step']}) -> "
+                 f"{last.get('loss', float('nan')):.4f} "
+                 f"(step {summary['final_step']})")
+  elif last:
+    lines.append(f"train loss:      {last.get('loss', float('nan')):.4f} at step {summary['final_step']}")
+  ev = summary.get("eval")
+  if ev:
+    lines.append(f"held-out:        loss {ev['loss']:.4f}, token accuracy {ev['token_accuracy']:.3f} "
+                 f"({int(ev['tokens'])} target tokens)")
+  if "answers" in summary:
+    a = summary["answers"]
+    lines.append(f"answers:         accuracy {a.get('accuracy', float('nan')):.3f} on {a.get('n')} questions "
+                 f"({a.get('path', '')})")
+  for key, label in (("checkpoints", "checkpoints:"), ("params", "params export:"), ("hf", "HF export:"),
+                     ("metrics", "metrics (JSONL):"), ("tensorboard", "TensorBoard:")):
+    if summary.get(key):
+      lines.append(f"{label:<17}{summary[key]}")
+  if last.get("tokens_per_s"):
+    lines.append(f"throughput:      {last['tokens_per_s']:.0f} tokens/s, step {last['step_time_s'] * 1e3:.0f} ms"
+                 + (f", MFU {last['mfu'] * 100:.1f}% of {summary['peak_flops'] / 1e9:.0f} GFLOP/s "
+                    f"({summary['peak_source']})" if last.get("mfu") else ""))
+  lines.append(f"summary:         {os.path.join(summary['run_dir'], 'summary.json')}")
+  print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
