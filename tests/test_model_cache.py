@@ -1,0 +1,124 @@
+"""KV cache: prefill + decode (+ a continuation with a new image) equals a full no-cache forward."""
+import numpy as np
+import pytest
+
+from zoomjax.model import cache as cache_lib
+from zoomjax.model import forward, init_params
+from zoomjax.model.config import ModelConfig
+from zoomjax.model.inputs import prepare_extend
+
+import jax
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["scan", "unrolled"])
+def model(request):
+  cfg = ModelConfig.tiny(scan_layers=request.param == "scan")
+  params = init_params(cfg, jax.random.key(0))
+  # O(1) activations: scale the random init up so that mistakes show in the logits
+  params = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params)
+  return cfg, params
+
+
+def _img(cfg, grid):
+  return [cfg.vision_start_token_id] + [cfg.image_token_id] * int(np.prod(grid) // 4) + [cfg.vision_end_token_id]
+
+
+def _full_logits(cfg, params, hist, pixels, grids):
+  """float32[len(hist), V]: no-cache forward over one row's whole history."""
+  ids = np.asarray(hist)[None]
+  if grids:
+    out = forward(cfg, params, ids, np.concatenate(pixels), np.asarray(grids))
+  else:
+    out = forward(cfg, params, ids)
+  return np.asarray(out[0])
+
+
+def _check(cfg, params, hists, pix, grids, cache, logits_by_row):
+  for r in range(len(hists)):
+    full = _full_logits(cfg, params, hists[r], pix[r], grids[r])
+    for pos, got in logits_by_row[r]:
+      np.testing.assert_allclose(got, full[pos], atol=TOL, rtol=0, err_msg=f"row {r} position {pos}")
+
+
+def _greedy_text(logits, cfg):
+  return np.asarray(logits)[..., : cfg.text.vocab_size - 16].argmax(-1)  # stay clear of special ids
+
+
+def test_prefill_decode_text_rows_of_different_lengths(model):
+  cfg, params = model
+  rs = np.random.RandomState(0)
+  hists = [list(rs.randint(0, 400, 9)), list(rs.randint(0, 400, 4))]
+  cache = cache_lib.init_cache(cfg, 2, 32)
+  inputs = prepare_extend(cfg, hists, [0, 0], pad_to=12)
+  logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs)
+  seen = [[(p, np.asarray(logits[r, p])) for p in range(len(hists[r]))] for r in range(2)]
+  np.testing.assert_array_equal(np.asarray(cache["length"]), [9, 4])
+  nxt = _greedy_text(logits[np.arange(2), [8, 3]], cfg)
+  for _ in range(3):
+    for r in range(2):
+      hists[r].append(int(nxt[r]))
+    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
+    for r in range(2):
+      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
+    nxt = _greedy_text(step, cfg)
+  _check(cfg, params, hists, [[], []], [[], []], cache, seen)
+
+
+def test_prefill_with_image_then_continuation_with_new_image(model):
+  cfg, params = model
+  if not cfg.scan_layers:
+    pytest.skip("the layer layout is covered by the text test; this one is slow")
+  rs = np.random.RandomState(1)
+  g0, g1 = [1, 6, 8], [1, 4, 4]
+  p0 = rs.randn(int(np.prod(g0)), cfg.vision.patch_dim).astype(np.float32)
+  p1 = rs.randn(int(np.prod(g1)), cfg.vision.patch_dim).astype(np.float32)
+  hists = [list(rs.randint(0, 400, 3)) + _img(cfg, g0) + list(rs.randint(0, 400, 4)),
+           list(rs.randint(0, 400, 6))]
+  grids, pix = [[g0], []], [[p0], []]
+  cache = cache_lib.init_cache(cfg, 2, 64)
+  inputs = prepare_extend(cfg, hists, [0, 0], [np.array(g) for g in grids])
+  np.testing.assert_array_equal(inputs["image_grid_thw"], [g0])
+  logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs, p0)
+  seen = [[(p, np.asarray(logits[r, p])) for p in range(len(hists[r]))] for r in range(2)]
+  nxt = _greedy_text(logits[np.arange(2), [len(h) - 1 for h in hists]], cfg)
+  for _ in range(2):
+    for r in range(2):
+      hists[r].append(int(nxt[r]))
+    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
+    for r in range(2):
+      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
+    nxt = _greedy_text(step, cfg)
+  # continuation: row 0 gets text + a new image + text (mid-sequence, the crop-and-zoom turn),
+  # row 1 gets text + its first image.
+  cached = [len(h) for h in hists]
+  hists[0] += [int(nxt[0])] + list(rs.randint(0, 400, 2)) + _img(cfg, g1) + list(rs.randint(0, 400, 3))
+  hists[1] += [int(nxt[1])] + _img(cfg, g0) + list(rs.randint(0, 400, 2))
+  grids = [[g0, g1], [g0]]
+  pix = [[p0, p1], [p0]]
+  inputs = prepare_extend(cfg, hists, cached, [np.array(g) for g in grids], pad_to=32)
+  np.testing.assert_array_equal(inputs["image_grid_thw"], [g1, g0])
+  logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs, np.concatenate([p1, p0]))
+  for r in range(2):
+    for i in range(len(hists[r]) - cached[r]):
+      seen[r].append((cached[r] + i, np.asarray(logits[r, i])))
+  np.testing.assert_array_equal(np.asarray(cache["rope_deltas"]), inputs["rope_deltas"])
+  nxt = _greedy_text(logits[np.arange(2), [len(hists[r]) - cached[r] - 1 for r in range(2)]], cfg)
+  for _ in range(2):
+    for r in range(2):
+      hists[r].append(int(nxt[r]))
+    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
+    for r in range(2):
+      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
+    nxt = _greedy_text(step, cfg)
+  _check(cfg, params, hists, pix, grids, cache, seen)
+
+
+def test_inactive_rows_do_not_advance(model):
+  cfg, params = model
+  cache = cache_lib.init_cache(cfg, 2, 8)
+  inputs = prepare_extend(cfg, [[1, 2, 3], [4, 5]], [0, 0])
+  _, cache = cache_lib.extend_jit(cfg, params, cache, inputs)
+  _, cache = cache_lib.decode_jit(cfg, params, cache, np.array([7, 7], np.int32), np.array([True, False]))
+  np.testing.assert_array_equal(np.asarray(cache["length"]), [4, 2])
