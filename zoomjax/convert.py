@@ -1,0 +1,114 @@
+"""`python -m zoomjax.convert`: HF safetensors directory <-> orbax params checkpoint.
+
+    python -m zoomjax.convert to-orbax --hf-dir HF_DIR --out CKPT [--dtype bfloat16] [--unrolled]
+    python -m zoomjax.convert to-hf --orbax-dir CKPT --out HF_DIR [--config HF_DIR_OR_CONFIG_JSON]
+
+The orbax side is the params-only layout the trainer exports (`zoomjax.train.checkpoint.export_params`):
+an `orbax.checkpoint.StandardCheckpointer` tree `{"visual": …, "language": …}` with an `info.json` beside
+it holding `{"model_config": <HF config dict>, "scan_layers": bool, …}`. `to-hf` reads the model config
+from that `info.json` (or `--config`), detects the scanned/unrolled layout from the stored tree, and
+writes a directory `transformers` loads (`zoomjax.hf.save`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+INFO = "info.json"
+
+
+def hf_to_orbax(hf_dir: str, out: str, dtype: str = "float32", scan_layers: bool = True) -> str:
+  """Loads an HF directory and writes an orbax params checkpoint at `out` (replaced if present)."""
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  from etils import epath
+
+  from zoomjax import hf
+  cfg, params = hf.load(hf_dir, dtype=jnp.dtype(dtype), scan_layers=scan_layers)
+  out = os.path.abspath(out)
+  if epath.Path(out).exists():
+    epath.Path(out).rmtree()
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(out, params)
+  ckptr.wait_until_finished()
+  ckptr.close()
+  info = {"model_config": cfg.to_hf_dict(), "scan_layers": cfg.scan_layers, "param_dtype": cfg.param_dtype,
+          "source": os.path.abspath(hf_dir)}
+  with open(os.path.join(out, INFO), "w") as f:
+    json.dump(info, f, indent=1)
+  return out
+
+
+def _read_config(orbax_dir: str, config: str | None) -> dict[str, Any]:
+  if config:
+    path = os.path.join(config, "config.json") if os.path.isdir(config) else config
+    with open(path) as f:
+      return json.load(f)
+  info = os.path.join(orbax_dir, INFO)
+  if os.path.isfile(info):
+    with open(info) as f:
+      d = json.load(f)
+    if "model_config" in d:
+      return d["model_config"]
+  raise SystemExit(f"no model config: {info} lacks 'model_config'; pass --config HF_DIR_OR_CONFIG_JSON")
+
+
+def orbax_to_hf(orbax_dir: str, out: str, config: str | None = None,
+                max_shard_bytes: int | None = None) -> str:
+  """Reads an orbax params checkpoint and writes an HF directory at `out`."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  from zoomjax import hf
+  from zoomjax.model.config import ModelConfig
+  orbax_dir = os.path.abspath(orbax_dir)
+  hf_cfg = _read_config(orbax_dir, config)
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    params = ckptr.restore(orbax_dir)
+  finally:
+    ckptr.close()
+  scan = "layers" in params.get("language", {})
+  dtype = jax.tree.leaves(params)[0].dtype.name
+  cfg = ModelConfig.from_hf_dict(hf_cfg, scan_layers=scan, param_dtype=dtype, dtype=dtype)
+  kw = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+  hf.save(out, cfg, params, **kw)
+  return os.path.abspath(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m zoomjax.convert", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  sub = p.add_subparsers(dest="cmd", required=True)
+  a = sub.add_parser("to-orbax", help="HF safetensors directory -> orbax params checkpoint")
+  a.add_argument("--hf-dir", required=True, help="directory with config.json + *.safetensors")
+  a.add_argument("--out", required=True, help="orbax checkpoint directory to write (replaced)")
+  a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="param dtype")
+  a.add_argument("--unrolled", action="store_true", help="store per-layer leaves (layers_N) instead of stacked")
+  b = sub.add_parser("to-hf", help="orbax params checkpoint -> HF safetensors directory")
+  b.add_argument("--orbax-dir", required=True, help="checkpoint written by to-orbax or the trainer's export")
+  b.add_argument("--out", required=True, help="HF directory to write")
+  b.add_argument("--config", default=None, help="HF dir or config.json (default: the checkpoint's info.json)")
+  b.add_argument("--max-shard-bytes", type=int, default=None, help="split safetensors above this size")
+  args = p.parse_args(argv)
+
+  from zoomjax.hf import CheckpointError
+  try:
+    if args.cmd == "to-orbax":
+      out = hf_to_orbax(args.hf_dir, args.out, args.dtype, scan_layers=not args.unrolled)
+    else:
+      out = orbax_to_hf(args.orbax_dir, args.out, args.config, args.max_shard_bytes)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
