@@ -233,7 +233,11 @@ class ImageStore:
     cache_bytes: budget for decoded RGB originals (`w * h * 3` bytes each); 0 disables the cache. An
       image larger than the budget is decoded but not kept.
     max_pixels: decompression-bomb limit passed to `load_image`.
+
+  Global views (small) are memoised too, up to `MAX_VIEWS` of them, when the cache is enabled.
   """
+
+  MAX_VIEWS = 1024
 
   def __init__(self, root: str | os.PathLike, cache_bytes: int = 2 << 30,
                max_pixels: int | None = DEFAULT_MAX_PIXELS):
@@ -241,9 +245,11 @@ class ImageStore:
     self.cache_bytes = int(cache_bytes)
     self.max_pixels = max_pixels
     self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+    self._views: OrderedDict[tuple[str, int], tuple[Image.Image, float]] = OrderedDict()
     self._sizes: dict[str, tuple[int, int]] = {}
     self._used = 0
     self._lock = threading.Lock()
+    self._loading: dict[str, threading.Lock] = {}   # one decoder per name at a time
     self.hits = 0
     self.misses = 0
 
@@ -261,29 +267,64 @@ class ImageStore:
       self._sizes[name] = wh
     return wh
 
-  def get(self, name: str) -> Image.Image:
-    """The decoded RGB original (shared: do not modify it in place)."""
+  def _cached(self, name: str) -> Image.Image | None:
     with self._lock:
       img = self._cache.get(name)
       if img is not None:
         self._cache.move_to_end(name)
+      return img
+
+  def get(self, name: str) -> Image.Image:
+    """The decoded RGB original (shared: do not modify it in place).
+
+    Concurrent callers asking for the same uncached image wait for one decode instead of repeating it.
+    """
+    img = self._cached(name)
+    if img is not None:
+      with self._lock:
         self.hits += 1
-        return img
-      self.misses += 1
-    img = load_image(self.path(name), max_pixels=self.max_pixels)
-    nbytes = img.width * img.height * 3
+      return img
     with self._lock:
-      self._sizes[name] = img.size
-      if 0 < nbytes <= self.cache_bytes and name not in self._cache:
-        self._cache[name] = img
-        self._used += nbytes
-        while self._used > self.cache_bytes:
-          _, old = self._cache.popitem(last=False)
-          self._used -= old.width * old.height * 3
+      gate = self._loading.setdefault(name, threading.Lock())
+    with gate:
+      img = self._cached(name)
+      if img is not None:
+        with self._lock:
+          self.hits += 1
+        return img
+      with self._lock:
+        self.misses += 1
+      try:
+        img = load_image(self.path(name), max_pixels=self.max_pixels)
+      finally:
+        with self._lock:
+          self._loading.pop(name, None)
+      nbytes = img.width * img.height * 3
+      with self._lock:
+        self._sizes[name] = img.size
+        if 0 < nbytes <= self.cache_bytes and name not in self._cache:
+          self._cache[name] = img
+          self._used += nbytes
+          while self._used > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._used -= old.width * old.height * 3
     return img
 
   def global_view(self, name: str, long_side: int = GLOBAL_LONG_SIDE) -> tuple[Image.Image, float]:
-    return global_view(self.get(name), long_side)
+    """`global_view(self.get(name))`, memoised per (name, long_side) while the cache is enabled."""
+    key = (name, long_side)
+    with self._lock:
+      hit = self._views.get(key)
+      if hit is not None:
+        self._views.move_to_end(key)
+        return hit
+    view = global_view(self.get(name), long_side)
+    if self.cache_bytes > 0:
+      with self._lock:
+        self._views[key] = view
+        while len(self._views) > self.MAX_VIEWS:
+          self._views.popitem(last=False)
+    return view
 
   def crop(self, name: str, box_orig: Sequence[float], min_size: int = MIN_CROP,
            max_long_side: int = GLOBAL_LONG_SIDE) -> Image.Image:
@@ -296,6 +337,7 @@ class ImageStore:
   def clear(self) -> None:
     with self._lock:
       self._cache.clear()
+      self._views.clear()
       self._used = 0
 
 

@@ -129,10 +129,10 @@ def render(row: Row, width: int, height: int, protocol: str = "released") -> P.R
   raise TrajectoryError(f"protocol must be one of {P.PROTOCOLS}, got {protocol!r}")
 
 
-def trajectory_images(row: Row, original, protocol: str = "released") -> list:
-  """The PIL images of the trajectory, in text order: the global view, then the crop when it zooms."""
-  view, _ = I.global_view(original)
-  out = [view]
+def trajectory_images(row: Row, original, protocol: str = "released", view=None) -> list:
+  """The PIL images of the trajectory, in text order: the global view (computed unless given), then the
+  crop when it zooms."""
+  out = [view if view is not None else I.global_view(original)[0]]
   if zooms(row, protocol):
     out.append(I.crop_and_zoom(original, row.box_original(original.width, original.height)))
   return out
@@ -189,7 +189,9 @@ class SftDataset:
   def __getitem__(self, i: int) -> dict[str, Any]:
     row = self.rows[i]
     img = self.store.get(row.image_name)
+    view, _ = self.store.global_view(row.image_name)
     ex = encode_example(render(row, img.width, img.height, self.protocol),
-                        trajectory_images(row, img, self.protocol), self.encode, self.image_pad_id, self.budget)
+                        trajectory_images(row, img, self.protocol, view), self.encode, self.image_pad_id,
+                        self.budget)
     ex["question_id"] = row.question_id
     return ex
