@@ -10,10 +10,11 @@ this rule:
   `transformers`' `convert_to_rgb` does (so the processor and zoomjax see the same pixels).
 * High bit depth, single band (`I;16*`, `I`, `F`): linear stretch of the image's [min, max] to [0, 255]
   (NaN/inf -> min; a constant image -> 0), replicated to RGB.
-* Multi-band TIFF (more than 3 samples, e.g. RGB + NIR): the first three bands are R, G, B.
-  8-bit: as Pillow reads them. 16-bit, uncompressed strips: the raw samples are read and stretched
-  like the single-band case (the same [min, max] over the three bands, so colour balance is kept).
-  16-bit compressed: Pillow's reading (each sample's high byte), with a warning.
+* TIFF with several bands (e.g. RGB + NIR): the first three bands are R, G, B (one or two bands: the
+  first band as grey). 8-bit: as read (zoomjax reads >4-band files itself). 16/32-bit, uncompressed
+  strips: zoomjax reads the raw samples and stretches them like the single-band case (one [min, max]
+  over the three bands, so colour balance is kept). 16-bit compressed or tiled: Pillow's reading where
+  it can (each sample's high byte), with a warning; otherwise `ImageDecodeError`.
 
 Anything Pillow cannot identify or decode raises `ImageDecodeError`; a missing file raises
 `ImageNotFoundError` (also a `FileNotFoundError`). Both derive from `ImageError`.
@@ -110,12 +111,20 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     ImageTooLargeError: width * height > max_pixels (checked from the header, before decoding).
     ImageDecodeError: the file is corrupt, truncated or not an image.
   """
-  im = _open(path)
+  try:
+    im = _open(path)
+  except ImageDecodeError:
+    # Pillow cannot open some valid TIFFs (e.g. 16-bit with 2 or 5+ bands): read those ourselves.
+    raw = _raw_tiff(path, max_pixels)
+    if raw is None:
+      raise
+    return Image.fromarray(raw)
   try:
     _check_size(im.size, max_pixels, path)
-    raw = _read_raw_tiff_rgb16(im)
-    if raw is not None:
-      return Image.fromarray(_stretch_to_uint8(raw))
+    if im.format == "TIFF":
+      raw = _raw_tiff(path, max_pixels)
+      if raw is not None:
+        return Image.fromarray(raw)
     im.load()
     return to_rgb(im)
   except ImageError:
@@ -158,42 +167,77 @@ def to_rgb(im: Image.Image) -> Image.Image:
   return im.convert("RGB")
 
 
-def _read_raw_tiff_rgb16(im: Image.Image) -> np.ndarray | None:
-  """First three bands of a >8-bit, uncompressed, chunky, stripped TIFF as float64[H, W, 3]; else None."""
-  if im.format != "TIFF" or not hasattr(im, "tag_v2"):
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}   # BYTE, SHORT, LONG, LONG8 (unsigned ints only)
+
+
+def _tiff_tags(f) -> tuple[dict[int, tuple[int, ...]], str] | None:
+  """The first IFD of a (classic) TIFF as {tag: values} and its byte order; None if not a TIFF."""
+  import struct
+  head = f.read(8)
+  if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
     return None
-  tags = im.tag_v2
-  bits = tags.get(258)
-  bits = tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
-  spp = int(tags.get(277, 1))
-  if spp < 3 or not bits or bits[0] not in (16, 32) or any(b != bits[0] for b in bits):
-    return None
-  compression, planar = int(tags.get(259, 1)), int(tags.get(284, 1))
-  offsets, counts = tags.get(273), tags.get(279)
-  if compression != 1 or planar != 1 or offsets is None or counts is None or 322 in tags:
-    if compression != 1:
-      warnings.warn(f"{getattr(im, 'filename', '')}: compressed {bits[0]}-bit {spp}-band TIFF; "
-                    "using Pillow's 8-bit reading (high byte of each sample)", stacklevel=3)
-    return None
-  fmt = tags.get(339, 1)
-  fmt = int(fmt[0] if isinstance(fmt, (tuple, list)) else fmt)
-  kind = {1: "u", 2: "i", 3: "f"}.get(fmt, "u")
-  endian = "<" if getattr(tags, "_endian", "<") == "<" else ">"
-  dtype = np.dtype(f"{endian}{kind}{bits[0] // 8}")
-  w, h = im.size
-  need = w * h * spp * dtype.itemsize
-  if sum(int(c) for c in counts) < need:
-    raise ImageDecodeError(f"{getattr(im, 'filename', '')}: TIFF strips hold fewer bytes than {w}x{h}x{spp}")
-  fp = im.fp
-  chunks = []
-  for off, cnt in zip(offsets, counts):
-    fp.seek(int(off))
-    buf = fp.read(int(cnt))
-    if len(buf) != int(cnt):
-      raise ImageDecodeError(f"{getattr(im, 'filename', '')}: truncated TIFF strip")
-    chunks.append(buf)
-  data = np.frombuffer(b"".join(chunks)[:need], dtype=dtype).reshape(h, w, spp)
-  return data[:, :, :3].astype(np.float64)
+  e = "<" if head[:2] == b"II" else ">"
+  f.seek(struct.unpack(e + "I", head[4:])[0])
+  n = struct.unpack(e + "H", f.read(2))[0]
+  raw = f.read(12 * n)
+  if len(raw) < 12 * n:
+    raise ImageDecodeError("truncated TIFF directory")
+  tags = {}
+  for k in range(n):
+    tag, typ, count, value = struct.unpack(e + "HHI4s", raw[12 * k:12 * k + 12])
+    code = _TIFF_TYPES.get(typ)
+    if code is None or count > 1 << 20:
+      continue
+    size = struct.calcsize(code) * count
+    if size <= 4:
+      data = value[:size]
+    else:
+      here = f.tell()
+      f.seek(struct.unpack(e + "I", value)[0])
+      data = f.read(size)
+      f.seek(here)
+      if len(data) < size:
+        raise ImageDecodeError("truncated TIFF tag data")
+    tags[tag] = struct.unpack(e + code * count, data)
+  return tags, e
+
+
+def _raw_tiff(path, max_pixels: int | None) -> np.ndarray | None:
+  """uint8[H, W, 3] of an uncompressed, chunky, stripped TIFF with >8-bit samples or bands Pillow cannot
+  read, by the module's rule; None when Pillow's reading applies (8-bit up to 4 bands, or not a TIFF)."""
+  with open(path, "rb") as f:
+    parsed = _tiff_tags(f)
+    if parsed is None:
+      return None
+    tags, e = parsed
+    w, h = tags.get(256, (0,))[0], tags.get(257, (0,))[0]
+    spp = tags.get(277, (1,))[0]
+    bits = tags.get(258, (1,))
+    if len(set(bits)) != 1 or (bits[0] == 8 and spp <= 4) or bits[0] not in (8, 16, 32):
+      return None
+    compression, planar = tags.get(259, (1,))[0], tags.get(284, (1,))[0]
+    offsets, counts = tags.get(273), tags.get(279)
+    if compression != 1 or planar != 1 or offsets is None or counts is None or 322 in tags:
+      if bits[0] > 8:
+        warnings.warn(f"{path}: compressed/tiled {bits[0]}-bit {spp}-band TIFF; using Pillow's reading "
+                      "(the high byte of each sample) where it can", stacklevel=3)
+      return None
+    _check_size((w, h), max_pixels, path)
+    kind = {1: "u", 2: "i", 3: "f"}.get(tags.get(339, (1,))[0], "u")
+    dtype = np.dtype(f"{e}{kind}{bits[0] // 8}")
+    need = w * h * spp * dtype.itemsize
+    chunks = []
+    for off, cnt in zip(offsets, counts):
+      f.seek(off)
+      chunks.append(f.read(cnt))
+    buf = b"".join(chunks)
+    if len(buf) < need:
+      raise ImageDecodeError(f"{path}: TIFF strips hold {len(buf)} bytes, {w}x{h}x{spp} samples need {need}")
+  a = np.frombuffer(buf[:need], dtype=dtype).reshape(h, w, spp)
+  if bits[0] == 8:
+    return np.ascontiguousarray(a[:, :, :3] if spp >= 3 else np.repeat(a[:, :, :1], 3, axis=2))
+  rgb = a[:, :, :3] if spp >= 3 else np.repeat(a[:, :, :1], 3, axis=2)
+  return _stretch_to_uint8(rgb)
 
 
 def resize_long_side(img: Image.Image, long_side: int = GLOBAL_LONG_SIDE,
