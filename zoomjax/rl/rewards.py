@@ -22,7 +22,10 @@ Two variants, selected by `RewardConfig.variant` (SPEC §4 table):
 narrower or lower than `min_window` (512) take a `min_window` square centred on the integer centre
 `(x1 + x2) // 2`, shifted to stay inside the image (the whole side when the image is smaller);
 otherwise the box itself. (The released reward's `get_crop_area` instead clamps the window at 0 without
-shifting it and ignores the right/bottom edges; zoomjax scores the window that is actually cropped.)
+shifting it and ignores the right/bottom edges; zoomjax scores the window that is actually cropped.
+Its exact-match test also compares the raw global-view box with the raw 1024-frame ground truth, two
+different frames; zoomjax compares the two boxes in the common frame they are given in — identical
+boxes then score IoU 1 and tanh(200 / 1e-6) = 1 anyway, the override only guards degenerate windows.)
 """
 
 from __future__ import annotations
