@@ -1,0 +1,368 @@
+"""Batched KV-cache generation: jitted prefill / continuation and a `lax.while_loop` decoder.
+
+    gen = Generator(cfg, params)
+    sess = gen.session(batch_size=8, max_len=4096, seed=0)
+    sess.append(token_rows, image_rows)            # prefill (or continue: text and new images mid-sequence)
+    outs = sess.generate(256, Sampling(temperature=1.0, top_p=0.9), stop_token_ids=(im_end, eos))
+    outs[b].tokens / outs[b].logprobs / outs[b].finish     # "stop" | "length" | "cut" | "idle"
+    sess.rollback(b, n); sess.append(...)          # drop a row's tail (e.g. text after a crop request)
+
+Model side: `zoomjax.model.cache` (`init_cache`, `extend`, `decode`; per-row lengths, rows packed from
+slot 0, M-RoPE `rope_deltas` kept in the cache). Everything here calls those pure functions inside its own
+jits, with the params as an argument and the cache donated:
+
+* `_extend_last` (prefill / continuation): `extend` on the new tokens of every row (right-padded to a
+  bucketed length `Tn`, images' patches padded to a bucketed count), then the logits of each row's last
+  new token. Positions of the new tokens come from the row's full history (`prepare_extend`), so a
+  continuation after appended text + images gets the ids a fresh prefill of the whole sequence would.
+* `_decode_loop`: `lax.while_loop` over at most `n_max` (bucketed) steps; each step samples one token per
+  live row from the current logits, records it and its log-prob, and feeds it through `decode`
+  (positions `length + rope_deltas`). A row stops at a stop token (kept, fed to the cache) or at its own
+  budget `limit[b]`.
+
+Invariants of a `Session` row: the cache holds the row's whole token history, and `next_logits[b]` are
+the model's logits after it. `rollback` breaks the second (the row is "stale" until the next `append`).
+
+Shapes are bucketed (`bucket`: 4 sizes per octave) so a run compiles a handful of programs, not one per
+prompt: batch (padded rows are idle), new-token length, patch count, decode steps, cache length.
+
+Log-probs are those of the raw model distribution, `log_softmax(logits)[token]` in float32 (no
+temperature, top-k or top-p), i.e. what a learner recomputes with a forward pass (GRPO's `logp_old`).
+
+Sampling (`Sampling`, static): temperature 0 is greedy (`argmax`, first maximum, as transformers);
+otherwise logits / temperature, then top-k, then top-p (nucleus: keep the most likely tokens whose mass
+before them is <= p; at least one), then a categorical draw with a per-step, per-row key derived from the
+session seed. `logits_processor(logits, lengths) -> logits` (static, optional) runs before sampling, e.g. a
+logit bias; `lengths` int32[B] are the rows' current history lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoomjax.model import cache as cache_lib
+from zoomjax.model.config import ModelConfig
+from zoomjax.model.inputs import prepare_extend
+
+FINISH_REASONS = ("stop", "length", "cut", "idle")
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """Rounds `n` up to one of 4 sizes per octave (`minimum`, …, 2^k, 1.25·2^k, 1.5·2^k, 1.75·2^k, …)."""
+  n = max(int(n), int(minimum), 1)
+  step = 2 ** max(int(math.floor(math.log2(n))) - 2, 0)
+  return -(-n // step) * step
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Decoding rule (static under jit). temperature 0 -> greedy; top_k 0 -> off; top_p 1 -> off."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+      raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0)
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+  """float32[B, V] -> int32[B] by `sampling` (module docstring). `key`: one PRNG key for the batch."""
+  if sampling.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  x = logits.astype(jnp.float32) / sampling.temperature
+  v = x.shape[-1]
+  if 0 < sampling.top_k < v:
+    kth = jax.lax.top_k(x, sampling.top_k)[0][:, -1:]
+    x = jnp.where(x < kth, -jnp.inf, x)
+  if sampling.top_p < 1.0:
+    srt = jnp.sort(x, axis=-1)[:, ::-1]
+    p = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(p, axis=-1) - p
+    keep = before <= sampling.top_p
+    keep = keep.at[:, 0].set(True)
+    cutoff = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    x = jnp.where(x < cutoff, -jnp.inf, x)
+  keys = jax.random.split(key, x.shape[0])
+  return jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------ device programs
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(2, 5))
+def _extend_last(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits):
+  """extend + logits of each row's last new token (rows with no new tokens keep `prev_logits`)."""
+  logits, cache = cache_lib.extend(cfg, params, cache, inputs, pixel_values)
+  n = inputs["num_new"]
+  last = jnp.take_along_axis(logits, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
+  return jnp.where((n > 0)[:, None], last, prev_logits), cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "stop_ids", "n_max", "processor"),
+                   donate_argnames=("cache", "logits"))
+def _decode_loop(params, cache, logits, limit, key, *, cfg: ModelConfig, sampling: Sampling,
+                 stop_ids: tuple[int, ...], n_max: int, processor: Callable | None):
+  """Up to `n_max` decode steps. Returns (tokens int32[B, n_max], logprobs float32[B, n_max],
+  n_gen int32[B], hit_stop bool[B], cache, logits)."""
+  b = logits.shape[0]
+  stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+  pad = jnp.int32(cfg.pad_token_id)
+
+  def cond(state):
+    step, _, _, _, _, _, done, _ = state
+    return (step < n_max) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, logits, toks, lps, n_gen, done, hit = state
+    live = ~done
+    x = logits if processor is None else processor(logits, cache["length"])
+    tok = sample_tokens(x, jax.random.fold_in(key, step), sampling)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), tok[:, None], axis=1)[:, 0]
+    tok = jnp.where(live, tok, pad)
+    toks = toks.at[:, step].set(tok)
+    lps = lps.at[:, step].set(jnp.where(live, lp, 0.0))
+    n_gen = n_gen + live.astype(jnp.int32)
+    is_stop = live & jnp.isin(tok, stops)
+    hit = hit | is_stop
+    new_logits, cache = cache_lib.decode(cfg, params, cache, tok, active=live)
+    logits = jnp.where(live[:, None], new_logits, logits)
+    done = done | is_stop | (n_gen >= limit)
+    return step + 1, cache, logits, toks, lps, n_gen, done, hit
+
+  init = (jnp.int32(0), cache, logits, jnp.full((b, n_max), pad, jnp.int32), jnp.zeros((b, n_max), jnp.float32),
+          jnp.zeros((b,), jnp.int32), limit <= 0, jnp.zeros((b,), bool))
+  _, cache, logits, toks, lps, n_gen, _, hit = jax.lax.while_loop(cond, body, init)
+  return toks, lps, n_gen, hit, cache, logits
+
+
+# ------------------------------------------------------------------------------------------------ host API
+@dataclasses.dataclass
+class ImageInput:
+  """One image for the model: `pixel_values` float32[P, patch_dim] and `grid_thw` int[3] (from
+  `zoomjax.processing.preprocess_image`). Its tokens are `grid.prod() // merge**2` `<|image_pad|>`s."""
+
+  pixel_values: np.ndarray
+  grid_thw: np.ndarray
+
+  def num_tokens(self, cfg: ModelConfig) -> int:
+    return int(np.prod(self.grid_thw)) // cfg.vision.spatial_merge_size ** 2
+
+
+@dataclasses.dataclass
+class Generation:
+  """One row's output of `Session.generate`.
+
+  Attributes:
+    tokens: the generated ids (a stop token, when hit, included).
+    logprobs: float32[len(tokens)] raw-model log-probs of those ids.
+    finish: "stop" (stop token), "length" (budget or cache full), "cut" (truncated by `stop_fn`),
+      "idle" (the row was not asked to generate).
+  """
+
+  tokens: list[int]
+  logprobs: np.ndarray
+  finish: str
+
+
+class Generator:
+  """A model (config + params) and the bucketing policy for its sessions.
+
+  Args:
+    cfg: model config (static for every jit).
+    params: the `{"visual", "language"}` params (device arrays; sharded as the caller likes).
+    cache_dtype: KV-cache dtype (default cfg.dtype).
+    min_bucket: smallest bucket for token lengths.
+  """
+
+  def __init__(self, cfg: ModelConfig, params: Any, *, cache_dtype: Any = None, min_bucket: int = 16):
+    self.cfg = cfg
+    self.params = params
+    self.cache_dtype = cache_dtype
+    self.min_bucket = int(min_bucket)
+
+  def session(self, batch_size: int, max_len: int, *, seed: int | jax.Array = 0,
+              bucket_batch: bool = True) -> "Session":
+    """A fresh batch of `batch_size` empty rows whose histories may grow to `max_len` tokens."""
+    return Session(self, batch_size, max_len, seed=seed, bucket_batch=bucket_batch)
+
+
+class Session:
+  """A batch of growing token histories sharing one KV cache (see the module docstring)."""
+
+  def __init__(self, gen: Generator, batch_size: int, max_len: int, *, seed: int | jax.Array = 0,
+               bucket_batch: bool = True):
+    if batch_size <= 0 or max_len <= 0:
+      raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+    self.gen = gen
+    self.cfg = gen.cfg
+    self.batch_size = int(batch_size)
+    self._b = bucket(batch_size, 1) if bucket_batch else int(batch_size)
+    self.max_len = int(max_len)
+    self._s = bucket(max_len, 64)
+    self.histories: list[list[int]] = [[] for _ in range(self.batch_size)]
+    self.images: list[list[ImageInput]] = [[] for _ in range(self.batch_size)]
+    self._cached = np.zeros(self._b, np.int64)           # host mirror of cache["length"]
+    self._stale = np.ones(self._b, bool)                 # next_logits invalid (empty row / rolled back)
+    self._cache = cache_lib.init_cache(self.cfg, self._b, self._s, gen.cache_dtype)
+    self._logits = jnp.zeros((self._b, self.cfg.text.vocab_size), jnp.float32)
+    self._key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+    self._calls = 0
+
+  # -------------------------------------------------------------------------------------------- rows
+  def length(self, row: int) -> int:
+    return len(self.histories[row])
+
+  def room(self, row: int) -> int:
+    """Tokens row `row` may still grow by."""
+    return self.max_len - len(self.histories[row])
+
+  def append(self, tokens: Sequence[Sequence[int]], images: Sequence[Sequence[ImageInput]] | None = None) -> None:
+    """Appends new tokens (and the images whose `<|image_pad|>` runs they hold) to each row, then prefills
+    them. `tokens[b]` may be empty (the row is left as it is). Image pads must already be expanded to
+    each image's token count."""
+    if len(tokens) != self.batch_size:
+      raise ValueError(f"{len(tokens)} token rows for a batch of {self.batch_size}")
+    images = images if images is not None else [[] for _ in range(self.batch_size)]
+    if len(images) != self.batch_size:
+      raise ValueError(f"{len(images)} image rows for a batch of {self.batch_size}")
+    cfg = self.cfg
+    new_rows = [list(map(int, t)) for t in tokens]
+    for b in range(self.batch_size):
+      n_pad = sum(t == cfg.image_token_id for t in new_rows[b])
+      need = sum(im.num_tokens(cfg) for im in images[b])
+      if n_pad != need:
+        raise ValueError(f"row {b}: {n_pad} image tokens in the new text, but its {len(images[b])} new "
+                         f"image(s) need {need}")
+      if len(self.histories[b]) + len(new_rows[b]) > self.max_len:
+        raise ValueError(f"row {b}: {len(self.histories[b]) + len(new_rows[b])} tokens exceed max_len "
+                         f"{self.max_len}")
+    if not any(new_rows):
+      return
+    for b in range(self.batch_size):
+      self.histories[b].extend(new_rows[b])
+      self.images[b].extend(images[b])
+    hist = self.histories + [[] for _ in range(self._b - self.batch_size)]
+    grids = [np.asarray([im.grid_thw for im in r], np.int64).reshape(-1, 3) for r in self.images]
+    grids += [None] * (self._b - self.batch_size)
+    new_pix = [im.pixel_values for b in range(self.batch_size) for im in images[b]]
+    n_patch = sum(p.shape[0] for p in new_pix)
+    pad_patches = bucket(n_patch, 4 * cfg.vision.spatial_merge_size ** 2) if new_pix else None
+    tn = bucket(max(len(r) for r in new_rows), self.gen.min_bucket)
+    inputs = prepare_extend(cfg, hist, self._cached, grids, pad_to=tn, pad_patches_to=pad_patches)
+    inputs.pop("image_grid_thw", None)
+    pv = None
+    if new_pix:
+      pv = np.zeros((pad_patches, cfg.vision.patch_dim), np.float32)
+      pv[:n_patch] = np.concatenate(new_pix, 0)
+    self._logits, self._cache = _extend_last(cfg, self.gen.params, self._cache, inputs, pv, self._logits)
+    for b in range(self.batch_size):
+      if new_rows[b]:
+        self._cached[b] = len(self.histories[b])
+        self._stale[b] = False
+
+  def rollback(self, row: int, length: int) -> None:
+    """Drops row `row`'s history after `length` tokens (an image may not be cut). The row must be
+    appended to before it generates again."""
+    h = self.histories[row]
+    if not 0 <= length <= len(h):
+      raise ValueError(f"rollback length {length} outside [0, {len(h)}]")
+    if length == len(h):
+      return
+    n_img_tokens = sum(t == self.cfg.image_token_id for t in h[:length])
+    kept, acc = [], 0
+    for im in self.images[row]:
+      if acc >= n_img_tokens:
+        break
+      acc += im.num_tokens(self.cfg)
+      kept.append(im)
+    if acc != n_img_tokens:
+      raise ValueError(f"rollback to {length} would cut an image of row {row} in half")
+    del h[length:]
+    self.images[row] = kept
+    self._cached[row] = length
+    self._stale[row] = True
+    self._cache["length"] = jnp.asarray(self._cached.astype(np.int32))
+
+  # ------------------------------------------------------------------------------------------ decode
+  def generate(self, max_new_tokens: int | Sequence[int], sampling: Sampling = GREEDY, *,
+               stop_token_ids: Sequence[int] = (), rows: Sequence[int] | None = None,
+               stop_fn: Callable[[int, list[int]], int | None] | None = None, chunk: int = 64,
+               logits_processor: Callable | None = None) -> list[Generation]:
+    """Samples up to `max_new_tokens` (an int or one per row) for the rows in `rows` (default all).
+
+    Each row stops at a stop token, at its budget, or when the cache is full (`room`). With `stop_fn`,
+    decoding runs in chunks of `chunk` steps and after each chunk `stop_fn(row, generated_so_far)` may
+    return `k`: the row keeps its first `k` generated tokens (the rest is rolled back) and stops ("cut").
+    """
+    rows = list(range(self.batch_size)) if rows is None else sorted(set(int(r) for r in rows))
+    budget = np.zeros(self._b, np.int64)
+    want = (np.full(self.batch_size, int(max_new_tokens)) if np.ndim(max_new_tokens) == 0
+            else np.asarray(max_new_tokens, np.int64))
+    for r in rows:
+      if self._stale[r]:
+        raise ValueError(f"row {r} has no next-token logits (empty or rolled back): append to it first")
+      budget[r] = max(0, min(int(want[r]), self.room(r)))
+    outs = {r: Generation([], np.zeros((0,), np.float32), "length") for r in rows}
+    live = {r for r in rows if budget[r] > 0}
+    while live:
+      left = np.array([budget[b] - len(outs[b].tokens) if b in live else 0 for b in range(self._b)])
+      n_max = bucket(int(left.max()), self.gen.min_bucket)
+      if stop_fn is not None:
+        n_max = min(n_max, bucket(chunk, 1))
+      self._calls += 1
+      key = jax.random.fold_in(self._key, self._calls)
+      toks, lps, n_gen, hit, self._cache, self._logits = _decode_loop(
+          self.gen.params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
+          cfg=self.cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
+          processor=logits_processor)
+      toks, lps, n_gen, hit = (np.asarray(a) for a in (toks, lps, n_gen, hit))
+      for b in sorted(live):
+        n = int(n_gen[b])
+        o = outs[b]
+        o.tokens.extend(toks[b, :n].tolist())
+        o.logprobs = np.concatenate([o.logprobs, lps[b, :n]])
+        self.histories[b].extend(toks[b, :n].tolist())
+        self._cached[b] += n
+        finish = "stop" if hit[b] else ("length" if len(o.tokens) >= budget[b] else None)
+        k = None if stop_fn is None else stop_fn(b, list(o.tokens))
+        if k is not None and 0 <= int(k) < len(o.tokens):
+          k = int(k)
+          self.rollback(b, len(self.histories[b]) - (len(o.tokens) - k))
+          del o.tokens[k:]
+          o.logprobs = o.logprobs[:k]
+          finish = "cut"
+        elif k is not None and finish is None:
+          finish = "cut"
+        if finish is not None:
+          o.finish = finish
+          live.discard(b)
+    return [outs.get(b, Generation([], np.zeros((0,), np.float32), "idle")) for b in range(self.batch_size)]
+
+
+def generate(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
+             images: Sequence[Sequence[ImageInput]] | None = None, max_new_tokens: int = 64,
+             sampling: Sampling = GREEDY, *, stop_token_ids: Sequence[int] = (), seed: int = 0,
+             max_len: int | None = None) -> list[Generation]:
+  """One-shot batched generation from prompts of different lengths (image pads already expanded)."""
+  longest = max(len(p) for p in prompts)
+  sess = Generator(cfg, params).session(len(prompts), max_len or longest + max_new_tokens, seed=seed)
+  sess.append(prompts, images)
+  return sess.generate(max_new_tokens, sampling, stop_token_ids=stop_token_ids)
