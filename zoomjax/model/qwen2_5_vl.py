@@ -148,12 +148,9 @@ def forward(cfg: ModelConfig, params: Any, input_ids, pixel_values=None, image_g
   """
   if (pixel_values is None) != (image_grid_thw is None):
     raise ValueError("pixel_values and image_grid_thw must be given together")
-  inputs = prepare_inputs_for(cfg, input_ids, attention_mask, image_grid_thw, pixel_values)
-  pv = None if pixel_values is None else jnp.asarray(pixel_values, jnp.float32)
-  return _apply_jit(cfg, params, inputs, pv)
-
-
-def prepare_inputs_for(cfg, input_ids, attention_mask, image_grid_thw, pixel_values):
   from zoomjax.model.inputs import prepare_inputs
   pad = None if pixel_values is None else int(np.shape(pixel_values)[0])
-  return prepare_inputs(cfg, input_ids, attention_mask, image_grid_thw, pad_patches_to=pad)
+  inputs = prepare_inputs(cfg, input_ids, attention_mask, image_grid_thw, pad_patches_to=pad)
+  # no real image (all grid rows are padding): nothing to encode
+  pv = None if pixel_values is None or "vision" not in inputs else jnp.asarray(pixel_values, jnp.float32)
+  return _apply_jit(cfg, params, inputs, pv)
