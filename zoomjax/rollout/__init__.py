@@ -1,9 +1,30 @@
 """Active perception rollouts: protocol templates, crop-request parsing, tools, generator, perception loop.
 
-Public: `parse_crop_request(text, protocol="released" | "multiturn", view_size=None)` (never raises).
-The generator and loop import JAX; they load lazily on first use (`zoomjax.rollout.generate`, `.loop`).
+    from zoomjax.rollout import parse_crop_request           # never raises (SPEC §8)
+    from zoomjax.rollout import protocol, tools               # templates; tool registry
+    from zoomjax.rollout.generate import Generator, Sampling  # KV-cache generator (imports JAX)
+    from zoomjax.rollout.loop import rollout, LoopConfig, Request
+    from zoomjax.rollout.trajectory import Trajectory
+
+`Generator`, `Sampling`, `rollout`, `LoopConfig`, `Request` and `Trajectory` are also reachable here; they
+load lazily, so importing the package for parsing does not import JAX.
 """
+
+import importlib
 
 from zoomjax.rollout.parse import extract_answer, extract_thinks, parse_crop_request, parse_tool_calls
 
-__all__ = ["parse_crop_request", "parse_tool_calls", "extract_answer", "extract_thinks"]
+_LAZY = {
+    "Generator": "zoomjax.rollout.generate", "Sampling": "zoomjax.rollout.generate",
+    "GREEDY": "zoomjax.rollout.generate", "ImageInput": "zoomjax.rollout.generate",
+    "rollout": "zoomjax.rollout.loop", "LoopConfig": "zoomjax.rollout.loop", "Request": "zoomjax.rollout.loop",
+    "Trajectory": "zoomjax.rollout.trajectory",
+}
+
+__all__ = ["parse_crop_request", "parse_tool_calls", "extract_answer", "extract_thinks", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'zoomjax.rollout' has no attribute {name!r}")

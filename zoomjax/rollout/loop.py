@@ -1,0 +1,358 @@
+"""The crop-and-zoom perception loop: global view -> generate -> crop request -> crop -> continue -> answer.
+
+    trajs = rollout(Generator(cfg, params), tokenizer, [Request(original_pil, question), ...],
+                    LoopConfig(protocol="released"), seed=0)
+
+Per request (rows run batched, in lock step, in one `Session`):
+
+1. The original image (full resolution, RGB) gives the global view (long side 512, `data.images`); the
+   prompt of the protocol (`protocol.render_prompt`) is encoded with the view's image tokens and
+   prefilled.
+2. `released` (SPEC §3; one zoom, one assistant turn):
+   stage 1 decodes until an end-of-turn token. As soon as the text holds `<answer>` after a parseable
+   `"bbox_2d"` box, decoding of that row stops and the row is cut to the tokens before `<answer>` (what
+   the release keeps: `output.split("<answer>")[0]`); a trailing end-of-turn token after a box is dropped
+   too. With a box: the `crop_and_zoom` tool maps it to original pixels, cuts the >= 512 px window and
+   zooms it to <= 512 px; the crop is appended in the same turn as
+   `<|vision_start|><|image_pad|>…<|vision_end|>`; stage 2 decodes until end of turn. Without a box the
+   stage-1 text is the whole answer.
+3. `multiturn` (Qwen tool calls): each assistant turn decodes until end of turn. An `<answer>` ends the
+   trajectory; otherwise the first `<tool_call>` runs through the tool registry (any registered tool; a
+   malformed call gets an `Error: …` text response) and the result comes back as a
+   `<tool_response>` user turn (an image, or text); at most `max_turns` tool calls.
+4. Budgets: `max_new_tokens` per decoding step and `max_total_tokens` for the whole sequence (the cache
+   size). An image (or tool turn) that would not fit whole is not appended: the trajectory stops with
+   "budget".
+
+Masks: sampled tokens 1; prompt, appended images, tool-response text 0 (`Trajectory`). With a
+`logits_processor` (see `generate.Sampling`) the decode can be biased, e.g. to force a known sequence.
+
+`Request.image` may be a path (decoded with the decompression-bomb limit and the RGB rule of
+`data.images.load_image`) or a PIL image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from zoomjax.data import images as zimages
+from zoomjax.processing import preprocess_image
+from zoomjax.rollout import parse
+from zoomjax.rollout import protocol as P
+from zoomjax.rollout.generate import GREEDY, ImageInput, Sampling
+from zoomjax.rollout.tools import SceneImage, ToolRegistry, ToolResult, default_registry
+from zoomjax.rollout.trajectory import Trajectory
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Perception-loop settings.
+
+  Attributes:
+    protocol: "released" or "multiturn".
+    max_turns: multiturn: tool calls allowed (the released protocol zooms at most once).
+    max_new_tokens: tokens one decoding step (stage / turn) may generate.
+    max_total_tokens: whole-sequence budget (prompt, images, tool text and generation): the cache size.
+    sampling: decoding rule (greedy by default).
+    min_pixels / max_pixels: `preprocess_image` budget of every image (Qwen2.5-VL defaults).
+    long_side: global-view long side; min_crop: the crop window's minimum side (original pixels).
+    max_image_pixels: decompression-bomb limit when `Request.image` is a path.
+    cut_chunk: decode chunk between host checks of the released stage-1 text.
+  """
+
+  protocol: str = "released"
+  max_turns: int = 1
+  max_new_tokens: int = 1024
+  max_total_tokens: int = 8192
+  sampling: Sampling = GREEDY
+  min_pixels: int = 3136
+  max_pixels: int = 12845056
+  long_side: int = zimages.GLOBAL_LONG_SIDE
+  min_crop: int = zimages.MIN_CROP
+  max_image_pixels: int | None = zimages.DEFAULT_MAX_PIXELS
+  cut_chunk: int = 32
+
+  def __post_init__(self):
+    if self.protocol not in P.PROTOCOLS:
+      raise ValueError(f"protocol must be one of {P.PROTOCOLS}, got {self.protocol!r}")
+    if self.max_turns < 0 or self.max_new_tokens <= 0 or self.max_total_tokens <= 0:
+      raise ValueError(f"max_turns >= 0, max_new_tokens > 0 and max_total_tokens > 0 required, got "
+                       f"{self.max_turns}, {self.max_new_tokens}, {self.max_total_tokens}")
+
+
+@dataclasses.dataclass
+class Request:
+  """One question about one image (a path or a PIL image; any mode, converted to RGB)."""
+
+  image: Any
+  question: str
+
+
+class TextCodec:
+  """encode / decode / token ids for a transformers tokenizer or a `tokenizers.Tokenizer`."""
+
+  def __init__(self, tokenizer):
+    from zoomjax.data.tokenizer import encoder, token_id
+    self.tok = tokenizer
+    self.encode: Callable[[str], list[int]] = encoder(tokenizer)
+    self._token_id = lambda s: token_id(tokenizer, s)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tok.decode(list(map(int, ids)), skip_special_tokens=False)
+
+  def token_id(self, token: str) -> int:
+    return self._token_id(token)
+
+
+def _scene(req: Request, cfg: LoopConfig) -> SceneImage:
+  img = req.image
+  if isinstance(img, (str, os.PathLike)):
+    img = zimages.load_image(img, max_pixels=cfg.max_image_pixels)
+  elif isinstance(img, Image.Image):
+    img = zimages.to_rgb(img) if img.mode != "RGB" else img
+  else:
+    raise TypeError(f"Request.image must be a path or a PIL image, got {type(img).__name__}")
+  return SceneImage.from_original(img, cfg.long_side)
+
+
+def _model_image(pil: Image.Image, cfg: LoopConfig) -> ImageInput:
+  pv, grid = preprocess_image(pil, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+  return ImageInput(np.asarray(pv, np.float32), np.asarray(grid, np.int64))
+
+
+class _Row:
+  """Host state of one trajectory while it runs."""
+
+  def __init__(self, req: Request, scene: SceneImage):
+    self.req, self.scene = req, scene
+    self.ids: list[int] = []
+    self.mask: list[int] = []
+    self.logprobs: list[float] = []
+    self.images: list[ImageInput] = []
+    self.boxes_g: list = []
+    self.boxes_o: list = []
+    self.windows: list = []
+    self.crops: list = []
+    self.steps: list[str] = []
+    self.tool_results: list[ToolResult] = []
+    self.calls = 0
+    self.stage = 1
+    self.done = False
+    self.stop = "no_answer"
+    self.answer: str | None = None
+
+  def add(self, ids: Sequence[int], mask: Sequence[int], lps: Sequence[float] | None = None):
+    self.ids.extend(int(i) for i in ids)
+    self.mask.extend(int(m) for m in mask)
+    self.logprobs.extend([0.0] * len(ids) if lps is None else [float(v) for v in lps])
+
+  def drop_last(self, n: int):
+    if n > 0:
+      del self.ids[-n:], self.mask[-n:], self.logprobs[-n:]
+
+  def finish(self, reason: str):
+    self.done, self.stop = True, reason
+
+
+def _cut_before(codec: TextCodec, toks: Sequence[int], char_index: int) -> int:
+  """Largest k with len(decode(toks[:k])) <= char_index (binary search; prefixes decode to prefixes)."""
+  lo, hi = 0, len(toks)
+  while lo < hi:
+    mid = (lo + hi + 1) // 2
+    if len(codec.decode(toks[:mid])) <= char_index:
+      lo = mid
+    else:
+      hi = mid - 1
+  return lo
+
+
+def rollout(generator, tokenizer, requests: Sequence[Request], config: LoopConfig = LoopConfig(), *,
+            registry: ToolRegistry | None = None, seed: int = 0,
+            logits_processor: Callable | None = None) -> list[Trajectory]:
+  """Runs the perception loop for a batch of requests (module docstring); one `Trajectory` each.
+
+  Args:
+    generator: a `generate.Generator` (or anything with the same `session(...)` API).
+    tokenizer: the model's tokenizer (transformers or `tokenizers.Tokenizer`).
+    requests: images and questions.
+    config: `LoopConfig`.
+    registry: tools (default: `crop_and_zoom` only). The released protocol always uses `crop_and_zoom`.
+    seed: sampling seed of the session.
+    logits_processor: optional `(logits, lengths) -> logits` applied before sampling.
+  Raises:
+    zoomjax.data.images.ImageError: an image cannot be used (missing, corrupt, above the pixel limit).
+  """
+  if not requests:
+    return []
+  cfg = config
+  codec = TextCodec(tokenizer)
+  registry = registry or default_registry()
+  pad_id = codec.token_id(P.IMAGE_PAD)
+  stop_ids = tuple(codec.token_id(t) for t in P.END_OF_TURN_TOKENS)
+  im_end = codec.token_id(P.IM_END)
+  rows = [_Row(r, _scene(r, cfg)) for r in requests]
+  sess = generator.session(len(rows), cfg.max_total_tokens, seed=seed)
+
+  def encode(segments: Sequence[P.Segment], images: Sequence[ImageInput]):
+    counts = [im.num_tokens(generator.cfg) for im in images]
+    return P.encode_segments(segments, codec.encode, counts, pad_id)
+
+  # ---- prompt
+  new_tok, new_img = [], []
+  for r in rows:
+    view = _model_image(r.scene.view, cfg)
+    tools = registry.schemas() if cfg.protocol == "multiturn" else None
+    prompt = P.render_prompt(r.req.question, cfg.protocol, tools=tools, max_turns=cfg.max_turns)
+    ids, mask = encode(prompt.segments, [view])
+    if len(ids) + 1 > cfg.max_total_tokens:
+      raise ValueError(f"the prompt takes {len(ids)} tokens, more than max_total_tokens={cfg.max_total_tokens}")
+    r.add(ids, mask)
+    r.images.append(view)
+    new_tok.append(ids)
+    new_img.append([view])
+  prompt_lens = [len(r.ids) for r in rows]
+  sess.append(new_tok, new_img)
+
+  def stage1_cut(b: int, toks: list[int]) -> int | None:
+    """Released stage 1: stop at `<answer>` once a box precedes it; keep the tokens before it."""
+    text = codec.decode(toks)
+    i = text.find(P.ANSWER_START)
+    if i < 0 or parse.parse_crop_request(text[:i], "released", rows[b].scene.view_size) is None:
+      return None
+    return _cut_before(codec, toks, i)
+
+  while True:
+    live = [b for b, r in enumerate(rows) if not r.done]
+    if not live:
+      break
+    stop_fn = None
+    if cfg.protocol == "released" and any(rows[b].stage == 1 for b in live):
+      stop_fn = lambda b, toks: stage1_cut(b, toks) if rows[b].stage == 1 else None  # noqa: E731
+    budgets = [cfg.max_new_tokens] * len(rows)
+    gens = sess.generate(budgets, cfg.sampling, stop_token_ids=stop_ids, rows=live, stop_fn=stop_fn,
+                         chunk=cfg.cut_chunk, logits_processor=logits_processor)
+    new_tok = [[] for _ in rows]
+    new_img = [[] for _ in rows]
+    for b in live:
+      r, g = rows[b], gens[b]
+      r.add(g.tokens, [1] * len(g.tokens), g.logprobs)
+      text = codec.decode(g.tokens)
+      if cfg.protocol == "released":
+        step = _released_step(r, g, text, cfg, registry, sess, b, codec, stop_ids, encode)
+      else:
+        step = _multiturn_step(r, g, text, cfg, registry, sess, b, im_end, encode)
+      r.steps.append(text)
+      if step is not None:
+        new_tok[b], new_img[b] = step
+    if any(new_tok):
+      sess.append(new_tok, new_img)
+
+  out = []
+  for r, plen in zip(rows, prompt_lens):
+    out.append(Trajectory(
+        protocol=cfg.protocol, question=r.req.question, token_ids=np.asarray(r.ids, np.int32),
+        loss_mask=np.asarray(r.mask, np.int32), logprobs=np.asarray(r.logprobs, np.float32), prompt_len=plen,
+        images=r.images, boxes_global=r.boxes_g, boxes_original=r.boxes_o, windows=r.windows, crops=r.crops,
+        steps=r.steps, answer=r.answer, stop_reason=r.stop, tool_results=r.tool_results,
+        info={"original_size": r.scene.original_size, "view_size": r.scene.view_size}))
+  return out
+
+
+def _fits(sess, b: int, ids: Sequence[int]) -> bool:
+  return sess.room(b) >= len(ids) + 1
+
+
+def _released_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegistry, sess, b: int, codec,
+                   stop_ids, encode):
+  """After a released-protocol decoding step: finish the row, or return (tokens, images) to append."""
+  if r.stage == 2 or g.finish not in ("cut", "stop"):
+    r.answer = parse.extract_answer(text)
+    r.finish("answer" if r.answer is not None else ("budget" if g.finish == "length" else "no_answer"))
+    return None
+  box = parse.parse_crop_request(parse.released_stage1(text), "released", r.scene.view_size)
+  if box is None:  # stage 1 ended its turn without a crop request: that was the whole answer
+    r.answer = parse.extract_answer(text)
+    r.finish("answer" if r.answer is not None else "no_answer")
+    return None
+  if g.finish == "stop":  # a box, then end of turn without <answer>: drop the end token, zoom anyway
+    n = 1 if g.tokens and g.tokens[-1] in stop_ids else 0
+    sess.rollback(b, sess.length(b) - n)
+    r.drop_last(n)
+  res = registry.call("crop_and_zoom", r.scene, {"bbox_2d": box})
+  if not res.ok or res.image is None:
+    r.finish("no_answer")
+    return None
+  crop_in = _model_image(res.image, cfg)
+  ids, mask = encode(P.released_crop_segments(), [crop_in])
+  if not _fits(sess, b, ids):
+    r.finish("budget")
+    return None
+  _record_crop(r, res)
+  r.add(ids, mask)
+  r.images.append(crop_in)
+  r.stage = 2
+  return ids, [crop_in]
+
+
+def _record_crop(r: _Row, res: ToolResult):
+  r.boxes_g.append(res.info.get("box_global"))
+  r.boxes_o.append(res.info.get("box_original"))
+  r.windows.append(res.info.get("window"))
+  r.crops.append(res.image)
+
+
+def _multiturn_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegistry, sess, b: int, im_end: int,
+                    encode):
+  """After a multiturn assistant turn: finish the row, or return the tool-response turn to append."""
+  answer = parse.extract_answer(text)
+  if answer is not None:
+    r.answer = answer
+    r.finish("answer")
+    return None
+  if g.finish == "length":
+    r.finish("budget")
+    return None
+  calls = parse.parse_tool_calls(text)
+  call = calls[0] if calls else None
+  if call is None:
+    box = parse.parse_crop_request(text, "multiturn")
+    if box is not None:
+      call = parse.ToolCall(parse.CROP_TOOL, {"bbox_2d": box})
+  if call is None and P.TOOL_CALL_START not in text:
+    r.finish("no_answer")
+    return None
+  if r.calls >= cfg.max_turns:
+    r.finish("max_turns")
+    return None
+  r.calls += 1
+  if call is None:
+    res = ToolResult(text="Error: the tool call is not valid JSON of the form "
+                          '{"name": ..., "arguments": {...}}', error="unparseable tool call")
+  else:
+    res = registry.call(call.name, r.scene, call.arguments)
+  r.tool_results.append(res)
+  parts: list = []
+  images: list[ImageInput] = []
+  if res.image is not None:
+    img_in = _model_image(res.image, cfg)
+    parts.append(P.IMAGE)
+    images.append(img_in)
+  if res.text:
+    parts.append(res.text)
+  segs = list(P.tool_response_segments(parts))
+  if not g.tokens or g.tokens[-1] != im_end:  # the turn ended on another end token: close it properly
+    segs.insert(0, P.Segment(P.IM_END, "tool"))
+  ids, mask = encode(segs, images)
+  if not _fits(sess, b, ids):
+    r.finish("budget")
+    return None
+  if call is not None and call.name == parse.CROP_TOOL and res.ok:
+    _record_crop(r, res)
+  r.add(ids, mask)
+  r.images.extend(images)
+  return ids, images
