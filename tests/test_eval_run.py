@@ -51,3 +51,54 @@ def test_cli_help():
     r = subprocess.run([sys.executable, "-m", "zoomjax.eval", *args, "--help"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and "usage: python -m zoomjax.eval" in r.stdout
+
+
+@pytest.mark.slow
+def test_run_cli_with_a_tiny_model(tmp_path):
+  """`python -m zoomjax.eval run` end to end: a random tiny model + Toy Earth tokenizer in an HF dir,
+  three questions (one image missing), then a rerun that has nothing left to do."""
+  pytest.importorskip("zoomjax.rollout.loop")
+  import jax
+  import numpy as np
+  from PIL import Image
+
+  from zoomjax import hf
+  from zoomjax.data import tokenizer as T
+  from zoomjax.eval.__main__ import main
+  from zoomjax.model import ModelConfig
+  from zoomjax.model.qwen2_5_vl import init_params
+
+  model = tmp_path / "model"
+  T.toy_earth_tokenizer(model, num_images=4)
+  tok = T.load_tokenizer(model)
+  cfg = ModelConfig.tiny(vocab_size=T.padded_vocab_size(tok), **T.special_ids(tok))
+  hf.save(model, cfg, init_params(cfg, jax.random.PRNGKey(0)))
+  images = tmp_path / "images"
+  images.mkdir()
+  rs = np.random.RandomState(0)
+  for name, size in (("a.png", (300, 280)), ("b.png", (280, 420))):
+    Image.fromarray(rs.randint(0, 255, (size[1], size[0], 3), np.uint8)).save(images / name)
+  rows = [dict(question_id="q1", image_name="a.png", question="What is it?", ground_truth="port",
+               bbox=[], type="global", category="Scene Type", higher_level="reasoning"),
+          dict(question_id="q2", image_name="b.png", question="What color is the roof?",
+               ground_truth="red", bbox=[10, 20, 300, 400], type="object", category="Object color",
+               higher_level="perception"),
+          dict(question_id="q3", image_name="missing.png", question="?", ground_truth="yes", bbox=[],
+               type="global")]
+  ann = tmp_path / "A.jsonl"
+  ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  pred, out = tmp_path / "P.jsonl", tmp_path / "R.json"
+  args = ["run", "--model", str(model), "--images", str(images), "--predictions", str(pred),
+          "--annotations", str(ann), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "6",
+          "--max-total-tokens", "1024", "--no-progress"]
+  assert main(args) == 0
+  got = [json.loads(l) for l in pred.read_text().splitlines()]
+  assert [r["question_id"] for r in got] == ["q1", "q2", "q3"]
+  assert all(isinstance(r["answer"], str) for r in got)
+  assert "error" in got[2] and got[2]["answer"] == ""
+  assert got[0]["visual_tokens"] > 0 and got[0]["turns"] >= 1
+  report = json.loads(out.read_text())
+  assert report["overall"]["n"] == 3 and report["rows"]["skipped"] == 0
+  assert out.with_suffix(".md").exists()
+  assert main(args) == 0                         # resumed: nothing new
+  assert len(pred.read_text().splitlines()) == 3

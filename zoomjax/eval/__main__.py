@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--batch-size", type=int, default=8)
   r.add_argument("--limit", type=int, default=None, help="answer at most this many new questions")
   r.add_argument("--protocol", default="released", choices=("released", "multiturn"))
+  r.add_argument("--max-turns", type=int, default=1, help="multiturn: zooms allowed (default: %(default)s)")
+  r.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per decoding step")
+  r.add_argument("--max-total-tokens", type=int, default=8192, help="whole-sequence budget (cache size)")
+  r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
+  r.add_argument("--seed", type=int, default=0)
   r.add_argument("--no-progress", action="store_true")
   _common(r)
   return parser
@@ -70,7 +75,10 @@ def _run(args) -> int:
   for p in problems[:20]:
     print(f"skipped annotations {p}", file=sys.stderr)
   try:
-    answer_fn = run_mod.model_answer_fn(args.model, args.images, protocol=args.protocol)
+    answer_fn = run_mod.model_answer_fn(
+        args.model, args.images, protocol=args.protocol, max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens, dtype=args.dtype,
+        seed=args.seed)
   except run_mod.NotAvailable as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -306,6 +306,20 @@ def load(path, benchmark: str = "lrs_gro") -> tuple[list[Question], list[Problem
   return LOADERS[benchmark](path)
 
 
+CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MULTI_INSTRUCTION = ("Answer with the letters of all correct options from the given choices directly "
+                     "(e.g. AC).")
+
+
+def prompt_text(q: Question) -> str:
+  """The question as the model is asked it: open questions as written; choice questions followed by
+  their options, one per line, and an instruction to answer with the letter(s)."""
+  if q.kind != "choice" or not q.options:
+    return q.question
+  instruction = MULTI_INSTRUCTION if q.benchmark == "xlrs" else CHOICE_INSTRUCTION
+  return "\n".join([q.question, *q.options, instruction])
+
+
 def iter_questions(items: Iterable[Question], ids: set[str] | None = None) -> Iterator[Question]:
   """Questions whose id is not in `ids` (resumable runs)."""
   for q in items:

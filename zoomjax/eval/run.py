@@ -7,8 +7,8 @@ are appended to the predictions JSONL and flushed after every batch, so an inter
 one batch; rerunning skips the question ids already in the file (a half-written last line from a crash
 is cut off first).
 
-`model_answer_fn(...)` builds an `answer_fn` from a model directory on top of the rollout helper's
-perception loop (`zoomjax.rollout.loop`); until that module exists it raises `NotAvailable`.
+`model_answer_fn(...)` builds an `answer_fn` from a model directory on top of the perception loop
+(`zoomjax.rollout.loop.rollout`): greedy, batched, boxes mapped to the 1024 frame.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Callable, Iterable, Sequence
 
-from zoomjax.eval.loaders import Question
+from zoomjax.eval.loaders import GT_FRAME, Question
 
 AnswerFn = Callable[[Sequence[Question]], list[dict]]
 
@@ -108,14 +108,77 @@ def run(questions: Iterable[Question], answer_fn: AnswerFn, predictions_path: st
   return written
 
 
-def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released",
-                    **kwargs) -> AnswerFn:
-  """An `answer_fn` running the model in `model_dir` through the perception loop."""
+def _image_path(image_dir: str, q: Question) -> str:
+  image = q.image[0] if isinstance(q.image, list) else q.image
+  if not image:
+    raise ValueError(f"question {q.question_id} names no image")
+  return os.path.join(image_dir, image)
+
+
+def prediction_row(q: Question, traj, cfg) -> dict:
+  """A `Trajectory` of the perception loop -> a predictions row (`bbox` in the 1024 frame).
+
+  `turns` counts the model's decoding steps (a released crop: 2), `visual_tokens` the image tokens of
+  the global view and every crop. No `stage1_answer`: the loop stops stage 1 at `<answer>` once a crop
+  is requested (as the release does), so a pre-zoom answer does not exist for cropped questions.
+  """
+  box = traj.box_original
+  bbox = None
+  if box is not None:
+    w, h = traj.info["original_size"]
+    s = GT_FRAME / max(w, h)
+    bbox = [round(float(v) * s, 3) for v in box]
+    if not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+      bbox = None
+  return {"question_id": q.question_id, "answer": traj.answer or "", "bbox": bbox,
+          "turns": len(traj.steps), "visual_tokens": sum(im.num_tokens(cfg) for im in traj.images),
+          "generated_tokens": traj.num_generated, "stop_reason": traj.stop_reason,
+          "text": traj.generated_text}
+
+
+def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", *, max_turns: int = 1,
+                    max_new_tokens: int = 1024, max_total_tokens: int = 8192, dtype: str = "float32",
+                    seed: int = 0) -> AnswerFn:
+  """An `answer_fn` that runs the model in `model_dir` (HF layout: config, safetensors, tokenizer)
+  through the perception loop (`zoomjax.rollout.loop.rollout`), greedy. A question whose image cannot be
+  read gets `answer: ""` and an `error` field instead of stopping the run."""
   try:
-    from zoomjax.rollout import loop  # noqa: F401  (the rollout helper's perception loop)
+    from zoomjax.rollout.generate import Generator
+    from zoomjax.rollout.loop import LoopConfig, Request, rollout
   except ImportError as e:
     raise NotAvailable(
         "`zoomjax.eval run` needs the perception loop (zoomjax/rollout/loop.py), which is not "
-        "available yet; score existing predictions with `python -m zoomjax.eval score`, or drive "
+        "available; score existing predictions with `python -m zoomjax.eval score`, or drive "
         f"`zoomjax.eval.run.run(questions, answer_fn, path)` with your own answer_fn ({e})") from e
-  raise NotAvailable("zoomjax.rollout.loop exists but `run` is not wired to it yet")
+  import jax.numpy as jnp
+  from zoomjax import hf
+  from zoomjax.data.images import ImageError
+  from zoomjax.eval.loaders import prompt_text
+
+  cfg, params = hf.load(model_dir, dtype=jnp.dtype(dtype))
+  tokenizer = hf.load_tokenizer(model_dir)
+  gen = Generator(cfg, params)
+  loop_cfg = LoopConfig(protocol=protocol, max_turns=max_turns, max_new_tokens=max_new_tokens,
+                        max_total_tokens=max_total_tokens)
+
+  def one_by_one(questions):
+    rows = []
+    for q in questions:
+      try:
+        t = rollout(gen, tokenizer, [Request(_image_path(image_dir, q), prompt_text(q))], loop_cfg,
+                    seed=seed)[0]
+        rows.append(prediction_row(q, t, cfg))
+      except (ImageError, OSError, ValueError) as e:
+        rows.append({"question_id": q.question_id, "answer": "", "bbox": None,
+                     "error": f"{type(e).__name__}: {e}"})
+    return rows
+
+  def answer_fn(questions: Sequence[Question]) -> list[dict]:
+    try:
+      reqs = [Request(_image_path(image_dir, q), prompt_text(q)) for q in questions]
+      trajs = rollout(gen, tokenizer, reqs, loop_cfg, seed=seed)
+    except (ImageError, OSError, ValueError):
+      return one_by_one(questions)      # find which question's image is bad; answer the others
+    return [prediction_row(q, t, cfg) for q, t in zip(questions, trajs)]
+
+  return answer_fn
