@@ -1,0 +1,159 @@
+"""`python -m zoomjax.infer`: ask one question about one (ultra-high-resolution) image with active perception.
+
+    python -m zoomjax.infer --model DIR --image PATH --question "What color is the roof?" \\
+        [--protocol released|multiturn] [--max-turns N] [--temperature T] [--top-k K] [--top-p P] \\
+        [--seed S] [--out PNG] [--json]
+
+DIR is a Hugging Face directory (config.json, safetensors, tokenizer files), e.g. `HappyBug/ZoomEarth-3B`
+downloaded locally, or one written by `zoomjax.hf.save` / `python -m zoomjax.train`. The image is read
+lazily: its size is checked against `--max-image-pixels` before any decoding (decompression bombs are
+refused), and any mode (RGBA, greyscale, 16-bit, multi-band TIFF) is converted to RGB by the rule of
+`zoomjax.data.images`.
+
+Prints the answer, every requested box (global-view and original pixels) and why decoding stopped; with
+`--out` writes a PNG: the global view with the requested box(es) drawn, and the crop(s) beside it.
+Exit status: 0 done, 2 unusable image / model / arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+_COLORS = ((255, 40, 40), (40, 200, 255), (255, 200, 0), (120, 255, 80))
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from zoomjax.data.images import DEFAULT_MAX_PIXELS
+  p = argparse.ArgumentParser(
+      prog="python -m zoomjax.infer",
+      description="Answer a question about a large image: global view -> crop request -> zoom -> answer.")
+  p.add_argument("--model", required=True, help="HF model directory (config.json, *.safetensors, tokenizer)")
+  p.add_argument("--image", required=True, help="image file (any size; .tif/.png/.jpg …)")
+  p.add_argument("--question", required=True, help="the question")
+  p.add_argument("--protocol", default="released", choices=("released", "multiturn"),
+                 help="released: ZoomEarth's one-zoom prompt; multiturn: crop_and_zoom tool calls "
+                      "(default: %(default)s)")
+  p.add_argument("--max-turns", type=int, default=None,
+                 help="multiturn: most zooms (default 3; the released protocol zooms at most once)")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+  p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: %(default)s)")
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, 1 = off (default: %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+  p.add_argument("--max-new-tokens", type=int, default=1024, help="per decoding step (default: %(default)s)")
+  p.add_argument("--max-total-tokens", type=int, default=8192,
+                 help="whole sequence incl. images (default: %(default)s)")
+  p.add_argument("--max-pixels", type=int, default=12845056,
+                 help="processor pixel budget of each model image (default: %(default)s)")
+  p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                 help="refuse input images with more pixels (decompression-bomb guard; default: %(default)s)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="parameter / compute dtype (default: %(default)s)")
+  p.add_argument("--out", default=None, help="write a PNG: global view with the box, crop(s) beside it")
+  p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+  return p
+
+
+def render_result(view: Image.Image, boxes_global: Sequence[Sequence[float]], crops: Sequence[Image.Image],
+                  answer: str | None = None) -> Image.Image:
+  """The global view with each requested box drawn, the crops to its right (same height band)."""
+  view = view.convert("RGB")
+  pad = 8
+  crops = [c.convert("RGB") for c in crops]
+  h = max([view.height] + [c.height for c in crops])
+  w = view.width + sum(c.width + pad for c in crops)
+  canvas = Image.new("RGB", (w, h + 24), (255, 255, 255))
+  canvas.paste(view, (0, 0))
+  draw = ImageDraw.Draw(canvas)
+  lw = max(2, round(max(view.size) / 256))
+  for i, box in enumerate(boxes_global):
+    if box is None:
+      continue
+    x1, y1, x2, y2 = (float(v) for v in box)
+    draw.rectangle([x1, y1, x2, y2], outline=_COLORS[i % len(_COLORS)], width=lw)
+  x = view.width + pad
+  for i, c in enumerate(crops):
+    canvas.paste(c, (x, 0))
+    draw.rectangle([x, 0, x + c.width - 1, c.height - 1], outline=_COLORS[i % len(_COLORS)], width=lw)
+    x += c.width + pad
+  text = f"answer: {answer}" if answer is not None else "no answer"
+  if not crops:
+    text += "   (no crop requested)"
+  draw.text((4, h + 6), text, fill=(0, 0, 0))
+  return canvas
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+
+  from zoomjax.data import images as zimages
+  if args.max_turns is not None and args.max_turns < 0:
+    print("error: --max-turns must be >= 0", file=sys.stderr)
+    return 2
+  try:
+    from zoomjax.rollout.generate import Sampling
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  # The image first: a bad image fails fast, before the model is loaded.
+  try:
+    original = zimages.load_image(args.image, max_pixels=args.max_image_pixels)
+  except zimages.ImageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  import jax.numpy as jnp
+
+  from zoomjax import hf
+  from zoomjax.model.config import ConfigError
+  from zoomjax.rollout.generate import Generator
+  from zoomjax.rollout.loop import LoopConfig, Request, rollout
+  try:
+    cfg, params = hf.load(args.model, dtype=jnp.dtype(args.dtype))
+    tokenizer = hf.load_tokenizer(args.model)
+  except (hf.CheckpointError, ConfigError, OSError, ValueError) as e:
+    print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)
+    return 2
+
+  max_turns = args.max_turns if args.max_turns is not None else (1 if args.protocol == "released" else 3)
+  loop_cfg = LoopConfig(protocol=args.protocol, max_turns=max_turns, max_new_tokens=args.max_new_tokens,
+                        max_total_tokens=args.max_total_tokens, sampling=sampling, max_pixels=args.max_pixels,
+                        max_image_pixels=args.max_image_pixels)
+  try:
+    (traj,) = rollout(Generator(cfg, params), tokenizer, [Request(original, args.question)], loop_cfg,
+                      seed=args.seed)
+  except ValueError as e:  # e.g. the prompt alone exceeds --max-total-tokens
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  view_size = traj.info["view_size"]
+  if args.out:
+    from zoomjax.rollout.tools import SceneImage
+    view = SceneImage.from_original(original).view
+    render_result(view, traj.boxes_global, traj.crops, traj.answer).save(args.out, format="PNG")
+  if args.json:
+    out = traj.summary()
+    out.update(image_size=list(traj.info["original_size"]), view_size=list(view_size), out=args.out)
+    print(json.dumps(out, ensure_ascii=False))
+  else:
+    print(f"answer: {traj.answer if traj.answer is not None else '(none)'}")
+    if not traj.boxes_global:
+      print("box: none (answered from the global view)")
+    for i, (bg, bo) in enumerate(zip(traj.boxes_global, traj.boxes_original)):
+      tag = "box" if len(traj.boxes_global) == 1 else f"box {i + 1}"
+      print(f"{tag} (global view {view_size[0]}x{view_size[1]}): {[round(v, 1) for v in bg]}")
+      w, h = traj.info["original_size"]
+      print(f"{tag} (original {w}x{h}): {[round(v, 1) for v in bo]}")
+    print(f"stop: {traj.stop_reason}")
+    if args.out:
+      print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
