@@ -1,5 +1,6 @@
 """Vision tower parity against transformers' Qwen2_5_VisionTransformerPretrainedModel (fp32, eager, random weights)."""
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ TOL = 1e-4
 
 def _cfg(name: str, scan: bool = True) -> ModelConfig:
   base = ModelConfig.tiny(scan_layers=scan)
-  if name == "tiny":  # 56-px windows (2x2 merged tokens), one full-attention block of 2
+  if name in ("tiny", "many"):  # 56-px windows (2x2 merged tokens), one full-attention block of 2
     return base
   if name == "wide":  # the real 112-px windows (4x4 merged tokens), 3 heads, full attention first and last
     v = VisionConfig(depth=4, hidden_size=48, intermediate_size=80, num_heads=3, out_hidden_size=64,
@@ -33,6 +34,8 @@ GRIDS = {
     # several windows, sides not divisible by the window, two images of different sizes
     "tiny": np.array([[1, 10, 14], [1, 6, 4]], np.int64),
     "wide": np.array([[1, 18, 22], [1, 8, 8], [1, 4, 6]], np.int64),
+    # many small images: full attention runs banded (3 * full_span < P)
+    "many": np.array([[1, 4, 4]] * 7 + [[1, 6, 8]] + [[1, 4, 4]] * 7 + [[1, 4, 2]], np.int64),
 }
 
 
@@ -66,15 +69,19 @@ def _params_from_state_dict(cfg: ModelConfig, state_dict) -> dict:
   return params
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _tower(cfg, params, pixels, meta):
+  return vision.VisionTower(cfg).apply({"params": params}, pixels, meta)
+
+
 def _run(cfg, params, pixels, grid, pad_to=None):
   meta = vision.vision_metadata(cfg.vision, grid, pad_patches_to=pad_to)
   if pad_to is not None:
     pixels = np.concatenate([pixels, np.zeros((pad_to - len(pixels), pixels.shape[1]), np.float32)])
-  fn = jax.jit(lambda p, x, m: vision.VisionTower(cfg).apply({"params": p}, x, m))
-  return np.asarray(fn(params, pixels, meta))
+  return np.asarray(_tower(cfg, params, pixels, meta))
 
 
-@pytest.fixture(scope="module", params=["tiny", "wide"])
+@pytest.fixture(scope="module", params=["tiny", "wide", "many"])
 def setup(request):
   name = request.param
   cfg = _cfg(name)
@@ -89,6 +96,8 @@ def setup(request):
 
 def test_parity_with_reference(setup):
   name, cfg, model, grid, pixels, ref = setup
+  meta = vision.vision_metadata(cfg.vision, grid)
+  assert (3 * len(meta["full_span"]) < len(pixels)) == (name == "many")  # which full-attention path runs
   out = _run(cfg, _params_from_state_dict(cfg, model.state_dict()), pixels, grid)
   assert out.shape == ref.shape == (len(pixels) // 4, cfg.vision.out_hidden_size)
   assert np.abs(ref).max() > 0.1  # a meaningful signal
@@ -100,7 +109,7 @@ def test_images_are_independent(setup):
   name, cfg, model, grid, pixels, ref = setup
   params = _params_from_state_dict(cfg, model.state_dict())
   start_px = start_tok = 0
-  for row in grid:
+  for row in grid[:3]:
     n = int(row.prod())
     out = _run(cfg, params, pixels[start_px:start_px + n], row[None])
     np.testing.assert_allclose(out, ref[start_tok:start_tok + n // 4], atol=TOL, rtol=0)
@@ -143,7 +152,7 @@ def test_remat_gives_the_same_output_and_gradient():
   n = int(grid.prod(-1).sum())
   pixels = np.random.default_rng(2).normal(size=(n, cfg.vision.patch_dim)).astype(np.float32)
   meta = vision.vision_metadata(cfg.vision, grid)
-  params = nn.unbox(vision.VisionTower(cfg).init(jax.random.key(0), pixels, meta))["params"]
+  params = nn.unbox(jax.jit(vision.VisionTower(cfg).init)(jax.random.key(0), pixels, meta))["params"]
 
   def loss(p, c):
     return jnp.sum(vision.VisionTower(c).apply({"params": p}, pixels, meta) ** 2)
@@ -155,7 +164,7 @@ def test_remat_gives_the_same_output_and_gradient():
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny", "wide"])
+@pytest.mark.parametrize("name", ["tiny", "wide", "many"])
 def test_metadata_matches_reference_indices(name):
   cfg = _cfg(name)
   v = cfg.vision
@@ -174,6 +183,8 @@ def test_metadata_matches_reference_indices(name):
   np.testing.assert_array_equal(np.concatenate([[0], bounds, [len(seg)]]), cu_ref.numpy())
   full_bounds = np.flatnonzero(np.diff(meta["full_segments"])) + 1
   np.testing.assert_array_equal(full_bounds, np.cumsum(grid.prod(-1))[:-1])
+  longest = int(grid[:, 1:].prod(-1).max())
+  assert longest <= len(meta["full_span"]) < 2 * max(longest, vision.window_patches(v))
   for key, arr in meta.items():
     assert arr.dtype == np.int32, key
 
@@ -204,10 +215,13 @@ def test_banded_attention_equals_full():
   seg = np.repeat(np.arange(len(lengths)), lengths).astype(np.int32)
   p = len(seg)
   q, k, v = (jnp.asarray(rng.normal(size=(p, 2, 8)).astype(np.float32)) for _ in range(3))
-  ref = vision.full_attention(q, k, v, jnp.asarray(seg))
+  seg = jnp.asarray(seg)
+  full = jax.jit(vision.full_attention, static_argnums=4)
+  ref = full(q, k, v, seg, None)
   for block in (16, 20, 64):
-    out = vision.banded_attention(q, k, v, jnp.asarray(seg), block)
+    out = jax.jit(vision.banded_attention, static_argnums=4)(q, k, v, seg, block)
     np.testing.assert_allclose(out, ref, atol=1e-6)
+  np.testing.assert_allclose(full(q, k, v, seg, 32), ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("scan", [True, False])

@@ -21,6 +21,9 @@ Interface
                                  blocks: one id per (image, frame, 112-px window).
     "full_segments"  int32[P]    segment of each patch in window order for full-attention blocks: one id
                                  per (image, frame).
+    "full_span"      int32[S]    zeros; only its (static) length counts: S >= the longest full-attention
+                                 segment, bucketed to window_patches * 2^k, so full attention costs
+                                 O(P * 3S) instead of O(P^2) when a batch holds many images.
   Padding patches (rows R..P-1 of pixel_values, zeros) are grouped U at a time into segments of their own
   (ids never used by a real patch), so they never attend to or with real patches; their merged outputs
   are the last N - R//U rows of the tower output.
@@ -53,6 +56,7 @@ Interface
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -86,6 +90,11 @@ def _check_grid(grid_thw, m: int) -> np.ndarray:
       raise ValueError(f"grid_thw row {i} = {(int(t), int(h), int(w))}: need t, h, w > 0 with h, w multiples "
                        f"of spatial_merge_size={m} (an all-zero row marks a padding image)")
   return grid
+
+
+def window_patches(vcfg: VisionConfig) -> int:
+  """Patches in a full attention window (8 x 8 = 64 for 112-px windows): the longest window segment."""
+  return (vcfg.window_size // vcfg.patch_size) ** 2
 
 
 def vision_metadata(vcfg: VisionConfig, grid_thw, pad_patches_to: int | None = None) -> dict[str, np.ndarray]:
@@ -126,6 +135,8 @@ def vision_metadata(vcfg: VisionConfig, grid_thw, pad_patches_to: int | None = N
     raise ValueError(f"pad_patches_to={pad_patches_to} must be >= the real patch count {real} and a multiple "
                      f"of spatial_merge_size**2={u}")
   n_pad = (total - real) // u
+  longest = max([int(h * w) for t, h, w in grid if t > 0], default=0)
+  span = window_patches(vcfg) * 2 ** max(0, math.ceil(math.log2(max(1, longest) / window_patches(vcfg))))
   pad_ids = np.arange(n_pad)  # each padding merged token is a segment of its own (U patches)
   window_index = np.concatenate(order + [n_tok + pad_ids]).astype(np.int32)
   return {
@@ -134,6 +145,7 @@ def vision_metadata(vcfg: VisionConfig, grid_thw, pad_patches_to: int | None = N
       "rope_pos": np.concatenate(rope + [np.zeros((n_pad * u, 2), np.int64)]).astype(np.int32),
       "window_segments": np.repeat(np.concatenate(wseg + [n_wseg + pad_ids]), u).astype(np.int32),
       "full_segments": np.repeat(np.concatenate(fseg + [n_fseg + pad_ids]), u).astype(np.int32),
+      "full_span": np.zeros(span, np.int32),
   }
 
 
@@ -147,8 +159,14 @@ def _segment_attention(q, k, v, seg_q, seg_k):
   return jnp.einsum("...hts,...shk->...thk", probs, v)
 
 
-def full_attention(q, k, v, seg):
-  """Dense attention over all P patches within segments: q, k, v [P, H, K], seg int32[P]."""
+def full_attention(q, k, v, seg, span: int | None = None):
+  """Attention within segments: q, k, v [P, H, K], seg int32[P] (contiguous segments).
+
+  With `span` (static, >= the longest segment) and 3 * span < P it runs banded (O(P * 3 span)); otherwise
+  dense over all P patches. Both are exact.
+  """
+  if span is not None and 3 * span < q.shape[0]:
+    return banded_attention(q, k, v, seg, span)
   return _segment_attention(q, k, v, seg, seg)
 
 
@@ -191,9 +209,13 @@ def rotary_cos_sin(rope_pos: jax.Array, head_dim: int) -> tuple[jax.Array, jax.A
 
 # ---------------------------------------------------------------------------------------------- modules
 class VisionAttention(nn.Module):
-  """Fused biased qkv, 2-D rotary, window or full segment attention, biased output projection."""
+  """Fused biased qkv, 2-D rotary, window or full segment attention, biased output projection.
+
+  `full_span`: static bound on full-attention segment length (`vision_metadata`'s "full_span" length).
+  """
 
   cfg: ModelConfig
+  full_span: int | None = None
 
   @nn.compact
   def __call__(self, x, is_full, cos, sin, window_segments, full_segments):
@@ -205,13 +227,11 @@ class VisionAttention(nn.Module):
     q, k, val = (constrain(qkv[:, i], PHK) for i in range(3))
     q = rope_lib.apply_rope(q[None], cos[None], sin[None])[0]
     k = rope_lib.apply_rope(k[None], cos[None], sin[None])[0]
-    window_block = (v.window_size // v.patch_size) ** 2  # longest window segment, in patches
-
     def window_attn(q, k, val):
-      return banded_attention(q, k, val, window_segments, window_block)
+      return banded_attention(q, k, val, window_segments, window_patches(v))
 
     def full_attn(q, k, val):
-      return full_attention(q, k, val, full_segments)
+      return full_attention(q, k, val, full_segments, self.full_span)
 
     if isinstance(is_full, bool):
       out = (full_attn if is_full else window_attn)(q, k, val)
@@ -248,6 +268,7 @@ class VisionBlock(nn.Module):
 
   cfg: ModelConfig
   full_attention: bool | None = None
+  full_span: int | None = None
 
   @nn.compact
   def __call__(self, x, is_full, cos, sin, window_segments, full_segments):
@@ -256,7 +277,7 @@ class VisionBlock(nn.Module):
       is_full = self.full_attention
     norm = lambda name: RMSNorm(NORM_EPS, dt, pdt, axis_name="vision_embed", name=name)
     x = constrain(x, PD)
-    x = x + VisionAttention(self.cfg, name="attn")(norm("norm1")(x), is_full, cos, sin, window_segments,
+    x = x + VisionAttention(self.cfg, self.full_span, name="attn")(norm("norm1")(x), is_full, cos, sin, window_segments,
                                                     full_segments)
     x = x + VisionMLP(self.cfg, name="mlp")(norm("norm2")(x))
     return constrain(x, PD), None
@@ -297,16 +318,18 @@ class VisionTower(nn.Module):
                    name="patch_embed")(x)
     cos, sin = rotary_cos_sin(jnp.asarray(meta["rope_pos"]), v.head_dim)
     segs = (jnp.asarray(meta["window_segments"]), jnp.asarray(meta["full_segments"]))
+    span = meta["full_span"].shape[0]
     block_cls = maybe_remat(VisionBlock, self.cfg.remat_policy, scanned=self.cfg.scan_layers)
     if self.cfg.scan_layers:
       is_full = jnp.asarray([i in v.fullatt_block_indexes for i in range(v.depth)])
       blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=v.depth,
-                       metadata_params={nn.PARTITION_NAME: "layers"})(self.cfg, name="blocks")
+                       metadata_params={nn.PARTITION_NAME: "layers"})(self.cfg, full_span=span, name="blocks")
       x, _ = blocks(x, is_full, cos, sin, *segs)
     else:
       for i in range(v.depth):
-        block = block_cls(self.cfg, full_attention=i in v.fullatt_block_indexes, name=f"blocks_{i}")
+        block = block_cls(self.cfg, full_attention=i in v.fullatt_block_indexes, full_span=span,
+                          name=f"blocks_{i}")
         x, _ = block(x, None, cos, sin, *segs)
     x = PatchMerger(self.cfg, name="merger")(x)                          # [N, E], window order
     x = jnp.take(x, jnp.asarray(meta["reverse_index"]), axis=0)
