@@ -12,13 +12,22 @@ import jax
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["scan", "unrolled"])
-def model(request):
-  cfg = ModelConfig.tiny(scan_layers=request.param == "scan")
+def _model(scan: bool):
+  cfg = ModelConfig.tiny(scan_layers=scan)
   params = init_params(cfg, jax.random.key(0))
   # O(1) activations: scale the random init up so that mistakes show in the logits
   params = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params)
   return cfg, params
+
+
+@pytest.fixture(scope="module", params=["scan", "unrolled"])
+def model(request):
+  return _model(request.param == "scan")
+
+
+@pytest.fixture(scope="module")
+def scanned_model():
+  return _model(True)
 
 
 def _img(cfg, grid):
@@ -66,10 +75,8 @@ def test_prefill_decode_text_rows_of_different_lengths(model):
   _check(cfg, params, hists, [[], []], [[], []], cache, seen)
 
 
-def test_prefill_with_image_then_continuation_with_new_image(model):
-  cfg, params = model
-  if not cfg.scan_layers:
-    pytest.skip("the layer layout is covered by the text test; this one is slow")
+def test_prefill_with_image_then_continuation_with_new_image(scanned_model):
+  cfg, params = scanned_model  # the unrolled layout is covered by the text test
   rs = np.random.RandomState(1)
   g0, g1 = [1, 6, 8], [1, 4, 4]
   p0 = rs.randn(int(np.prod(g0)), cfg.vision.patch_dim).astype(np.float32)
@@ -115,8 +122,8 @@ def test_prefill_with_image_then_continuation_with_new_image(model):
   _check(cfg, params, hists, pix, grids, cache, seen)
 
 
-def test_inactive_rows_do_not_advance(model):
-  cfg, params = model
+def test_inactive_rows_do_not_advance(scanned_model):
+  cfg, params = scanned_model
   cache = cache_lib.init_cache(cfg, 2, 8)
   inputs = prepare_extend(cfg, [[1, 2, 3], [4, 5]], [0, 0])
   _, cache = cache_lib.extend_jit(cfg, params, cache, inputs)
