@@ -156,7 +156,9 @@ def to_markdown(kernels, jd, load_s) -> str:
   lines = [
       "# Reward throughput", "",
       f"Machine: {platform.machine()} / {os.cpu_count()} CPUs, JAX {jax.__version__} on "
-      f"{dev.platform} ({dev.device_kind}); `python3 benchmarks/bench_rewards.py`.", "",
+      f"{dev.platform} ({dev.device_kind}); 1-min load average {os.getloadavg()[0]:.1f} when measured "
+      "(other jobs share the CPUs: absolute numbers are pessimistic, ratios less so); "
+      "`python3 benchmarks/bench_rewards.py`.", "",
       "## Box rewards (`total_reward`: IoU + Region-Guided + answer + format), batch "
       f"{kernels[0]['batch']}", "",
       "| variant | jit warm (ms) | boxes/s (jit) | Python loop (ms) | boxes/s (loop) | speed-up | first call (s) | max abs diff |",
