@@ -146,9 +146,12 @@ def _stream(source, batch_size: int, *, seed: int, shuffle: bool, num_epochs: in
 
 
 def to_iter(ds, num_threads: int = 4, prefetch: int = 4):
-  """`ds.to_iter_dataset` with thread-parallel example building; `iter()` of it has get_state/set_state."""
+  """`ds.to_iter_dataset`: up to `num_threads` batches are built in parallel threads (each batch's examples
+  in one thread), `prefetch` (raised to at least `num_threads`) batches ahead. `iter()` of the result has
+  `get_state()` / `set_state()`."""
   import grain
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=max(prefetch, num_threads)))
 
 
 def _split(items, what: str, max_tokens: int | None = None):
