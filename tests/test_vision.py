@@ -136,6 +136,19 @@ def test_sharded_on_a_mesh_equals_reference(setup):
   np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
 
 
+def test_bfloat16_compute_stays_close():
+  cfg, grid = _cfg("wide"), GRIDS["wide"]
+  model = _reference(cfg, seed=4)
+  pixels = np.random.default_rng(1).normal(size=(int(grid.prod(-1).sum()), cfg.vision.patch_dim)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(pixels), grid_thw=torch.from_numpy(grid)).pooler_output.numpy()
+  params = _params_from_state_dict(cfg, model.state_dict())
+  out = _run(cfg.replace(dtype="bfloat16"), params, pixels, grid)
+  assert out.dtype == jnp.bfloat16
+  rel = np.linalg.norm(out.astype(np.float32) - ref) / np.linalg.norm(ref)
+  assert rel < 0.03, rel
+
+
 def test_unrolled_equals_scanned(setup):
   name, cfg, model, grid, pixels, ref = setup
   sd = model.state_dict()

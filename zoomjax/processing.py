@@ -50,7 +50,7 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
   return h_bar, w_bar
 
 
-def to_rgb(image) -> Image.Image:
+def _to_rgb(image) -> Image.Image:
   """A PIL RGB image from a PIL image of any mode or a uint8 array HxW / HxWx{1,3,4} (as the reference).
 
   Transparency (an alpha band or a `transparency` entry, e.g. palette images) is composited onto white.
@@ -95,7 +95,7 @@ def preprocess_image(image, min_pixels: int = 3136, max_pixels: int = 12845056, 
   `image`: a PIL image of any mode or a uint8 array HxW / HxWx{1,3,4}. h, w are the grid sides in patches
   (resized side / patch_size). Equal to `Qwen2VLImageProcessorPil(min_pixels=..., max_pixels=...)` output.
   """
-  rgb = to_rgb(image)
+  rgb = _to_rgb(image)
   width, height = rgb.size
   factor = patch_size * merge_size
   new_h, new_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
