@@ -93,7 +93,7 @@ def _check_grid(grid_thw, m: int) -> np.ndarray:
 
 
 def window_patches(vcfg: VisionConfig) -> int:
-  """Patches in a full attention window (8 x 8 = 64 for 112-px windows): the longest window segment."""
+  """Patches in one complete attention window (8 x 8 = 64 for 112-px windows): the longest window segment."""
   return (vcfg.window_size // vcfg.patch_size) ** 2
 
 
