@@ -131,3 +131,21 @@ def test_cli(tmp_path):
   assert (tmp_path / "d" / "images" / "toy_00000.png").exists()
   assert Image.open(tmp_path / "d" / "images" / "toy_00000.png").size == (1536, 1536)
   assert len((tmp_path / "d" / "sft.jsonl").read_text().splitlines()) > 10
+
+
+@pytest.mark.parametrize("kind", ["car", "truck", "tank", "plane", "helicopter"])
+def test_small_objects_vanish_in_the_view_not_in_the_crop(kind):
+  """Objects are mean-matched to the ground: strong contrast at crop scale, none once averaged away."""
+  rng = np.random.default_rng(0)
+  for ground in (R.ASPHALT, R.WINTER_APRON, R.SEASON_VEG["summer"], R.SEASON_VEG["autumn"]):
+    img = np.ones((256, 256, 3), np.float32) * np.asarray(ground, np.float32)
+    for cx, cy in ((60, 60), (180, 70), (70, 190), (190, 190)):
+      x0, y0, x1, y1 = R.draw_object(img, kind, cx, cy)
+      patch = img[y0:y1, x0:x1]
+      assert np.abs(patch.mean((0, 1)) - np.asarray(ground)).max() < 2.0
+    u8 = Image.fromarray(np.clip(img + rng.normal(0, 1, img.shape), 0, 255).astype(np.uint8))
+    dev = lambda s: np.abs(np.asarray(u8.resize((int(256 * s),) * 2, Image.BICUBIC), np.float32)  # noqa: E731
+                           - np.asarray(ground, np.float32)).max()
+    crop, view = dev(224 / 512), dev(224 / 2048)
+    assert crop > 35                     # crop scale at the toy budget: clearly visible
+    assert view < 0.25 * crop            # global view of a 2048-px image at the toy budget: (nearly) gone

@@ -209,7 +209,8 @@ def make_layout(rng: np.random.Generator, size: int) -> Layout:
 def render(rng: np.random.Generator, lay: Layout) -> np.ndarray:
   """The uint8[size, size, 3] image of a layout."""
   img = R.terrain(rng, lay.size, lay.scene, lay.season)
-  ground = np.asarray(R.SEASON_VEG[lay.season], np.float32)
+  # plain ground around entities (snow would leave no room for mean-matched contrast: pavement instead)
+  ground = np.asarray(R.SEASON_VEG[lay.season] if lay.season != "winter" else R.WINTER_APRON, np.float32)
   for e in lay.entities:
     if e.kind == "lake":
       R.water_body(img, rng, e.box)
@@ -227,7 +228,7 @@ def render(rng: np.random.Generator, lay: Layout) -> np.ndarray:
       R.draw_building(img, x0, y0, e.attrs["color"], e.attrs["symbol"], e.attrs["material"])
       if e.attrs["neighbour"] != "nothing":
         kind = e.attrs["neighbour"]
-        R.draw_vehicle(img, x1 + 8 + R.OBJECT_SIZE[kind][0] // 2, (y0 + y1) // 2, kind)
+        R.draw_object(img, kind, x1 + 8 + R.OBJECT_SIZE[kind][0] // 2, (y0 + y1) // 2)
     elif e.kind == "ship":
       R.draw_ship(img, e.box[0], e.box[1], e.attrs["ship"], e.attrs["moving"], e.attrs["facing_right"])
   return R.finish(img, rng)

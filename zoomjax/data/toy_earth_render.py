@@ -7,11 +7,13 @@ model sees every image through `TOY_VIEW_PIXELS` (224 x 224) pixels:
   * global view of a 2048-px image: ~0.11 px per original px; crop window of 512 px: ~0.44 px per px.
   * landmarks the model must localise (paved areas 200-320 px, large buildings 80 x 64, ships 120 x 30,
     water bodies 200+ px) stay visible in the global view (>= 7 px);
-  * the asked-about details are 10-26 px (colour squares 14 px, roof symbols ~26 px, texture periods
-    16 px, vehicles 16-30 px): 4-11 px in the crop, 1-3 px (blended away) in the global view.
-  * Colour markings are *mean-matched*: each 2x2 block holds one square of the asked colour and three of
-    a dull partner colour chosen so the block averages to the plain roof grey, so once the view blurs
-    the block the colour is gone (not just smaller).
+  * the asked-about details are 10-30 px (colour squares 14 px, roof symbols ~26 px, texture periods
+    16 px, vehicles / tanks / aircraft 16-30 px, ship wakes 3 px wide): 4-13 px in the crop, 1-3 px
+    (blended away) in the global view.
+  * Details are *mean-matched* where possible, so once the view averages them they are gone, not just
+    small: each colour block holds one square of the asked colour and three of a dull partner colour
+    that brings the block's mean to the plain roof grey; every small object's silhouette is 4-px
+    stripes of two values around the mean of the ground below (weighted by their areas).
 
 Everything here is numpy/PIL on uint8/float32 arrays and is deterministic given the numpy Generator.
 """
@@ -34,6 +36,7 @@ SEASON_VEG = {"spring": (118, 168, 84), "summer": (58, 118, 48), "autumn": (172,
 SEASON_SOIL = {"spring": (150, 132, 100), "summer": (160, 142, 104), "autumn": (138, 108, 78),
                "winter": (212, 216, 220)}
 WATER = (34, 74, 106)
+WINTER_APRON = (150, 150, 155)   # cleared pavement around entities in winter scenes
 ASPHALT = (92, 92, 96)
 ROOF = 150.0            # plain roof grey of large buildings (per channel)
 ROOF_TEXTURE_AMP = 32.0  # material texture amplitude around ROOF
@@ -178,62 +181,64 @@ def water_body(img: np.ndarray, rng: np.random.Generator, box) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Small objects (drawn on float32 images).
+# Small objects (drawn on float32 images), mean-matched to the ground under them: each object's
+# silhouette is filled with stripes (4 px, across x) of two values on opposite sides of the local ground
+# mean, weighted by their areas so the object's mean equals the ground. The stripes are fine enough that
+# any low-pass view averages them to the ground (a concentric light-body/dark-frame design would not:
+# the resampling kernel's negative lobe keeps it visible), and coarse enough to stay visible in a crop.
+STRIPE = 4
 
-def draw_vehicle(img, cx: int, cy: int, kind: str) -> tuple[int, int, int, int]:
-  """A car or a truck (horizontal), centred at (cx, cy); returns its box."""
-  w, h = CAR if kind == "car" else TRUCK
-  x0, y0 = cx - w // 2, cy - h // 2
-  _fill(img, (x0, y0, x0 + w, y0 + h), (28, 28, 30))
+
+def _paint_matched(img, x0: int, y0: int, silhouette: np.ndarray) -> None:
+  """Paints a striped `silhouette` (bool mask on a canvas at (x0, y0)) mean-matched to the pixels below."""
+  H, W = img.shape[:2]
+  h, w = silhouette.shape
+  if x0 < 0 or y0 < 0 or x0 + w > W or y0 + h > H:
+    raise ValueError("objects must lie inside the image")
+  xx = np.arange(w)[None, :].repeat(h, 0)
+  body = silhouette & ((xx // STRIPE) % 2 == 0)
+  frame = silhouette & ~body
+  nb, nf = int(body.sum()), int(frame.sum())
+  region = img[y0:y0 + h, x0:x0 + w]
+  bg = region[silhouette].mean(axis=0)
+  if bg.mean() < 128:   # light stripes on a dark ground
+    a = float(min(((235.0 - bg) / nf).min(), ((bg - 15.0) / nb).min()))
+    region[body], region[frame] = bg + a * nf, bg - a * nb
+  else:                 # dark stripes on a light ground
+    a = float(min(((bg - 25.0) / nf).min(), ((240.0 - bg) / nb).min()))
+    region[body], region[frame] = bg - a * nf, bg + a * nb
+
+
+def _silhouette(kind: str) -> np.ndarray:
+  """The bool silhouette of a small object on a canvas of exactly its footprint."""
+  w, h = OBJECT_SIZE[kind]
   if kind == "car":
-    _fill(img, (x0 + 2, y0 + 2, x0 + w - 2, y0 + h - 2), (214, 214, 210))
-    _fill(img, (x0 + 10, y0 + 2, x0 + 12, y0 + h - 2), (60, 70, 80))  # windscreen
-  else:
-    _fill(img, (x0 + 2, y0 + 2, x0 + 8, y0 + h - 2), (200, 200, 196))       # cab
-    _fill(img, (x0 + 10, y0 + 2, x0 + w - 2, y0 + h - 2), (176, 176, 170))  # trailer
-  return x0, y0, x0 + w, y0 + h
-
-
-def draw_tank(img, cx: int, cy: int) -> tuple[int, int, int, int]:
-  d = TANK_D
-  x0, y0 = cx - d // 2, cy - d // 2
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.ellipse((0, 0, d - 1, d - 1), fill=255)), (48, 48, 50))
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.ellipse((2, 2, d - 3, d - 3), fill=255)), (218, 218, 214))
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.ellipse((7, 7, d - 8, d - 8), fill=255)), (168, 168, 166))
-  return x0, y0, x0 + d, y0 + d
-
-
-def draw_plane(img, cx: int, cy: int) -> tuple[int, int, int, int]:
-  w, h = PLANE
-  x0, y0 = cx - w // 2, cy - h // 2
-
-  def shape(g, grow):  # on a canvas with a 1-px margin; `grow` = 1 gives the outline
-    o = 1
-    g.rectangle((o - grow, o + h // 2 - 2 - grow, o + w - 1 + grow, o + h // 2 + 2 + grow), fill=255)  # fuselage
-    g.rectangle((o + 11 - grow, o - grow, o + 16 + grow, o + h - 1 + grow), fill=255)                  # wings
-    g.rectangle((o + w - 5 - grow, o + h // 2 - 7 - grow, o + w - 2 + grow, o + h // 2 + 7 + grow), fill=255)
-  _paint(img, x0 - 1, y0 - 1, _mask(w + 2, h + 2, lambda g: shape(g, 1)), (36, 36, 38))
-  _paint(img, x0 - 1, y0 - 1, _mask(w + 2, h + 2, lambda g: shape(g, 0)), (226, 226, 228))
-  return x0, y0, x0 + w, y0 + h
-
-
-def draw_helicopter(img, cx: int, cy: int) -> tuple[int, int, int, int]:
-  d = HELI_D
-  x0, y0 = cx - d // 2, cy - d // 2
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.ellipse((0, 0, d - 1, d - 1), outline=255, width=2)), (40, 40, 44))
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.ellipse((6, 9, 20, 16), fill=255)), (220, 220, 222))
-  _paint(img, x0, y0, _mask(d, d, lambda g: g.rectangle((18, 12, d - 2, 13), fill=255)), (220, 220, 222))
-  return x0, y0, x0 + d, y0 + d
+    return _mask(w, h, lambda g: g.rounded_rectangle((0, 0, w - 1, h - 1), radius=3, fill=255))
+  if kind == "truck":  # cab, gap, trailer
+    return _mask(w, h, lambda g: (g.rectangle((0, 1, 7, h - 2), fill=255), g.rectangle((10, 0, w - 1, h - 1), fill=255)))
+  if kind == "tank":
+    return _mask(w, h, lambda g: g.ellipse((0, 0, w - 1, h - 1), fill=255))
+  if kind == "plane":
+    return _mask(w, h, lambda g: (g.rectangle((0, h // 2 - 3, w - 1, h // 2 + 3), fill=255),         # fuselage
+                                  g.polygon([(10, 0), (17, 0), (19, h - 1), (8, h - 1)], fill=255),  # wings
+                                  g.rectangle((w - 6, h // 2 - 8, w - 1, h // 2 + 8), fill=255)))    # tail
+  if kind == "helicopter":
+    return _mask(w, h, lambda g: (g.ellipse((0, 0, w - 1, h - 1), outline=255, width=3),             # rotor
+                                  g.ellipse((6, 8, 19, 17), fill=255),                              # body
+                                  g.rectangle((18, 11, w - 1, 14), fill=255)))                      # tail boom
+  raise ValueError(f"unknown object {kind!r}")
 
 
 OBJECT_SIZE = {"car": CAR, "truck": TRUCK, "tank": (TANK_D, TANK_D), "plane": PLANE,
                "helicopter": (HELI_D, HELI_D)}
 
 
-def draw_object(img, kind: str, cx: int, cy: int):
-  if kind in ("car", "truck"):
-    return draw_vehicle(img, cx, cy, kind)
-  return {"tank": draw_tank, "plane": draw_plane, "helicopter": draw_helicopter}[kind](img, cx, cy)
+def draw_object(img, kind: str, cx: int, cy: int) -> tuple[int, int, int, int]:
+  """A small object (car, truck, tank, plane, helicopter) centred at (cx, cy); returns its footprint box."""
+  w, h = OBJECT_SIZE[kind]
+  x0, y0 = cx - w // 2, cy - h // 2
+  _paint_matched(img, x0, y0, _silhouette(kind))
+  return x0, y0, x0 + w, y0 + h
 
 
 def draw_paved_area(img, rng, box) -> None:
@@ -313,12 +318,12 @@ def draw_ship(img, x0: int, y0: int, kind: str, moving: bool, facing_right: bool
   if moving:  # two foam lines diverging from the stern, and foam at the stern
     sx = x0 if facing_right else x0 + w
     d = -1 if facing_right else 1
-    L = 90
+    L = 80
     bx0, by0 = min(sx, sx + d * L) - 2, y0 - 30
     m = _mask(L + 4, h + 60, lambda g: (
-        g.line([(sx - bx0, h // 2 + 30), (sx + d * L - bx0, 2)], fill=255, width=4),
-        g.line([(sx - bx0, h // 2 + 30), (sx + d * L - bx0, h + 58)], fill=255, width=4),
-        g.ellipse((sx - bx0 - 9, h // 2 + 30 - 7, sx - bx0 + 9, h // 2 + 30 + 7), fill=255)))
+        g.line([(sx - bx0, h // 2 + 30), (sx + d * L - bx0, 6)], fill=255, width=3),
+        g.line([(sx - bx0, h // 2 + 30), (sx + d * L - bx0, h + 54)], fill=255, width=3),
+        g.ellipse((sx - bx0 - 6, h // 2 + 30 - 5, sx - bx0 + 6, h // 2 + 30 + 5), fill=255)))
     _paint(img, bx0, by0, m, (224, 230, 234))
   if facing_right:
     hull = [(0, 0), (w - bow, 0), (w - 1, h // 2), (w - bow, h - 1), (0, h - 1)]
