@@ -42,7 +42,8 @@ __all__ = [
     "ImageError", "ImageDecodeError", "ImageNotFoundError", "ImageTooLargeError", "DEFAULT_MAX_PIXELS",
     "image_size", "load_image", "to_rgb", "resize_long_side", "global_view", "crop_and_zoom",
     "crop_window", "clamp_box", "global_scale", "resized_size", "gt1024_to_original",
-    "original_to_gt1024", "global_to_original", "original_to_global", "ImageStore",
+    "original_to_gt1024", "global_to_original", "original_to_global", "ImageStore", "PathEscapeError",
+    "resolve_under",
 ]
 
 log = logging.getLogger(__name__)
@@ -312,10 +313,12 @@ class ImageStore:
     return wh
 
   def _cached(self, name: str) -> Image.Image | None:
+    """The cached original (counted as a hit, marked most recent), or None."""
     with self._lock:
       img = self._cache.get(name)
       if img is not None:
         self._cache.move_to_end(name)
+        self.hits += 1
       return img
 
   def get(self, name: str) -> Image.Image:
@@ -325,16 +328,12 @@ class ImageStore:
     """
     img = self._cached(name)
     if img is not None:
-      with self._lock:
-        self.hits += 1
       return img
     with self._lock:
       gate = self._loading.setdefault(name, threading.Lock())
     with gate:
       img = self._cached(name)
       if img is not None:
-        with self._lock:
-          self.hits += 1
         return img
       with self._lock:
         self.misses += 1
