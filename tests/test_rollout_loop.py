@@ -160,7 +160,9 @@ def test_free_sampling_is_well_formed(world, tmp_path):
   for proto in P.PROTOCOLS:
     out = rollout(gen, tok, [Request(str(path), "What?"), Request(coord_image(300, 200), "Colour?")],
                   LoopConfig(protocol=proto, max_turns=2, max_new_tokens=24, max_total_tokens=1536,
-                             sampling=Sampling(1.0, top_k=50), **SMALL), seed=3)
+                             sampling=Sampling(1.0, top_k=50), batch_size=1 if proto == "multiturn" else 16,
+                             **SMALL), seed=3)
+    assert [t.question for t in out] == ["What?", "Colour?"]
     for t in out:
       n = len(t.token_ids)
       assert t.loss_mask.shape == t.logprobs.shape == (n,) and t.prompt_len < n

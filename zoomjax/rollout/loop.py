@@ -20,9 +20,13 @@ Per request (rows run batched, in lock step, in one `Session`):
    trajectory; otherwise the first `<tool_call>` runs through the tool registry (any registered tool; a
    malformed call gets an `Error: …` text response) and the result comes back as a
    `<tool_response>` user turn (an image, or text); at most `max_turns` tool calls.
-4. Budgets: `max_new_tokens` per decoding step and `max_total_tokens` for the whole sequence (the cache
-   size). An image (or tool turn) that would not fit whole is not appended: the trajectory stops with
-   "budget".
+4. Budgets: `max_new_tokens` per decoding step and `max_total_tokens` for the whole sequence. An image
+   (or tool turn) that would not fit whole is not appended: the trajectory stops with "budget". The KV
+   cache is sized for the longest sequence the budgets allow (prompt + every step's `max_new_tokens` +
+   one `long_side`-square image and 256 tool-text tokens per zoom), capped at `max_total_tokens`, so
+   decoding does not attend over slots no trajectory can reach. (A downstream tool returning an image
+   larger than `long_side` may therefore stop a trajectory early with "budget".)
+5. Requests run in batches of `batch_size` rows (one session each; batch i samples with seed `seed + i`).
 
 Masks: sampled tokens 1; prompt, appended images, tool-response text 0 (`Trajectory`). With a
 `logits_processor` (see `generate.Sampling`) the decode can be biased, e.g. to force a known sequence.
@@ -41,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from zoomjax.data import images as zimages
-from zoomjax.processing import preprocess_image
+from zoomjax.processing import preprocess_image, smart_resize
 from zoomjax.rollout import parse
 from zoomjax.rollout import protocol as P
 from zoomjax.rollout.generate import GREEDY, ImageInput, Sampling
@@ -63,6 +67,7 @@ class LoopConfig:
     long_side: global-view long side; min_crop: the crop window's minimum side (original pixels).
     max_image_pixels: decompression-bomb limit when `Request.image` is a path.
     cut_chunk: decode chunk between host checks of the released stage-1 text.
+    batch_size: rows decoded together (requests beyond it run in further batches).
   """
 
   protocol: str = "released"
@@ -76,13 +81,14 @@ class LoopConfig:
   min_crop: int = zimages.MIN_CROP
   max_image_pixels: int | None = zimages.DEFAULT_MAX_PIXELS
   cut_chunk: int = 32
+  batch_size: int = 16
 
   def __post_init__(self):
     if self.protocol not in P.PROTOCOLS:
       raise ValueError(f"protocol must be one of {P.PROTOCOLS}, got {self.protocol!r}")
-    if self.max_turns < 0 or self.max_new_tokens <= 0 or self.max_total_tokens <= 0:
-      raise ValueError(f"max_turns >= 0, max_new_tokens > 0 and max_total_tokens > 0 required, got "
-                       f"{self.max_turns}, {self.max_new_tokens}, {self.max_total_tokens}")
+    if self.max_turns < 0 or self.max_new_tokens <= 0 or self.max_total_tokens <= 0 or self.batch_size <= 0:
+      raise ValueError(f"max_turns >= 0, max_new_tokens > 0, max_total_tokens > 0 and batch_size > 0 required, "
+                       f"got {self.max_turns}, {self.max_new_tokens}, {self.max_total_tokens}, {self.batch_size}")
 
 
 @dataclasses.dataclass
@@ -187,16 +193,20 @@ def rollout(generator, tokenizer, requests: Sequence[Request], config: LoopConfi
   Raises:
     zoomjax.data.images.ImageError: an image cannot be used (missing, corrupt, above the pixel limit).
   """
-  if not requests:
-    return []
+  out: list[Trajectory] = []
+  for i in range(0, len(requests), config.batch_size):
+    out.extend(_rollout_batch(generator, tokenizer, requests[i:i + config.batch_size], config,
+                              registry or default_registry(), seed + i // config.batch_size, logits_processor))
+  return out
+
+
+def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logits_processor):
   cfg = config
   codec = TextCodec(tokenizer)
-  registry = registry or default_registry()
   pad_id = codec.token_id(P.IMAGE_PAD)
   stop_ids = tuple(codec.token_id(t) for t in P.END_OF_TURN_TOKENS)
   im_end = codec.token_id(P.IM_END)
   rows = [_Row(r, _scene(r, cfg)) for r in requests]
-  sess = generator.session(len(rows), cfg.max_total_tokens, seed=seed)
 
   def encode(segments: Sequence[P.Segment], images: Sequence[ImageInput]):
     counts = [im.num_tokens(generator.cfg) for im in images]
@@ -216,6 +226,11 @@ def rollout(generator, tokenizer, requests: Sequence[Request], config: LoopConfi
     new_tok.append(ids)
     new_img.append([view])
   prompt_lens = [len(r.ids) for r in rows]
+  steps = 2 if cfg.protocol == "released" else cfg.max_turns + 1
+  side = cfg.long_side
+  img_bound = int(np.prod(smart_resize(side, side, 28, cfg.min_pixels, cfg.max_pixels))) // (28 * 28)
+  need = max(prompt_lens) + steps * cfg.max_new_tokens + (steps - 1) * (img_bound + 256)
+  sess = generator.session(len(rows), min(cfg.max_total_tokens, need), seed=seed)
   sess.append(new_tok, new_img)
 
   def stage1_cut(b: int, toks: list[int]) -> int | None:

@@ -141,7 +141,7 @@ def bbox_argument(image: SceneImage, arguments: Mapping[str, Any]) -> list[float
   if box is None:
     raise ToolArgumentError(f"bbox_2d must be 4 finite numbers [x_min, y_min, x_max, y_max] enclosing a "
                             f"non-empty part of the {image.view_size[0]}x{image.view_size[1]} view, got "
-                            f"{arguments.get('bbox_2d')!r}")
+                            f"{repr(arguments.get('bbox_2d'))[:80]}")
   return box
 
 
