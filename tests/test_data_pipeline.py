@@ -52,7 +52,12 @@ def test_trajectory_masks(data, protocol):
       + 2 + int(grids[0].prod()) // 4 + len(enc(P.render_prompt(row.question, protocol).text.split(P.IMAGE_PLACEHOLDER)[1]))
   assert (mask[:prompt_len] == 0).all() and mask[prompt_len] == 1
   assert ids[-1] == sid["eos_token_id"] and mask[-1] == 1
-  assert tok.decode(ids[mask == 1].tolist(), skip_special_tokens=False).endswith(f"<answer>{row.ground_truth}</answer><|im_end|>")
+  generated = tok.decode(ids[mask == 1].tolist(), skip_special_tokens=False)
+  assert generated.endswith(f"<answer>{row.ground_truth}</answer><|im_end|>")
+  # The box the model learns to ask for is in global-view pixels: 1024 frame -> 1536 px -> 512 px view.
+  expect = [round(v * 1536 / 1024 / 3) for v in row.bbox]
+  assert TR.global_box(row, 1536, 1536) == expect
+  assert f'"bbox_2d": [{", ".join(map(str, expect))}]' in generated
   # The crop in the batch is the GT crop: same pixels as preprocessing it directly.
   img = src.store.get(row.image_name)
   crop = TR.I.crop_and_zoom(img, row.box_original(*img.size))
