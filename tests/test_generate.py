@@ -208,3 +208,25 @@ def test_shapes_are_bucketed(ref):
     sizes.append((G._extend_last._cache_size(), G._decode_loop._cache_size()))
   assert sizes[0] == sizes[-1], sizes  # the first prompt may compile; the later ones (same buckets) do not
   assert [G.bucket(n) for n in (1, 16, 17, 20, 21, 33, 100, 129)] == [16, 16, 20, 20, 24, 40, 112, 160]
+
+
+def test_sharded_generation_matches_single_device(ref):
+  """Params placed on a data x fsdp x tensor mesh, cache sharded by its logical axes: same tokens."""
+  from zoomjax.model import sharding
+  cfg, params, _ = ref
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 simulated CPU devices of conftest")
+  rs = np.random.RandomState(8)
+  im, toks = _image(cfg, rs, [1, 8, 8])
+  rows = [_text(rs, 4) + toks + _text(rs, 5), _text(rs, 9)]
+  images = [[im], []]
+  want = G.generate(cfg, params, rows, images, 10)
+  mesh = sharding.make_mesh(data=2, fsdp=-1, tensor=2)
+  sp = jax.device_put(params, sharding.param_shardings(cfg, mesh))
+  sess = Generator(cfg, sp, mesh=mesh).session(2, 64)
+  sess.append(rows, images)
+  assert len(sess._cache["k"].sharding.device_set) == 8
+  got = sess.generate(10, GREEDY)
+  for g, w in zip(got, want):
+    assert g.tokens == w.tokens
+    np.testing.assert_allclose(g.logprobs, w.logprobs, atol=1e-4)

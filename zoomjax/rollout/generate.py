@@ -38,6 +38,7 @@ logit bias; `lengths` int32[B] are the rows' current history lengths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -187,16 +188,37 @@ class Generator:
 
   Args:
     cfg: model config (static for every jit).
-    params: the `{"visual", "language"}` params (device arrays; sharded as the caller likes).
+    params: the `{"visual", "language"}` params (device arrays; e.g. placed with
+      `zoomjax.model.sharding.param_shardings(cfg, mesh)`).
     cache_dtype: KV-cache dtype (default cfg.dtype).
     min_bucket: smallest bucket for token lengths.
+    mesh / rules: when a mesh is given, each session's KV cache is placed by
+      `zoomjax.model.cache.CACHE_LOGICAL_AXES` through `rules` (batch over data/fsdp, KV heads over tensor)
+      and the device programs run under `sharding.activation_rules(mesh, rules)`.
   """
 
-  def __init__(self, cfg: ModelConfig, params: Any, *, cache_dtype: Any = None, min_bucket: int = 16):
+  def __init__(self, cfg: ModelConfig, params: Any, *, cache_dtype: Any = None, min_bucket: int = 16,
+               mesh: Any = None, rules: Any = None):
     self.cfg = cfg
     self.params = params
     self.cache_dtype = cache_dtype
     self.min_bucket = int(min_bucket)
+    self.mesh = mesh
+    self.rules = rules
+
+  def _context(self):
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    from zoomjax.model import sharding
+    return sharding.activation_rules(self.mesh, self.rules or sharding.DEFAULT_RULES)
+
+  def _place_cache(self, cache):
+    if self.mesh is None:
+      return cache
+    from zoomjax.model import sharding
+    shard = sharding.logical_to_shardings(cache_lib.CACHE_LOGICAL_AXES, cache, self.mesh,
+                                          self.rules or sharding.DEFAULT_RULES)
+    return jax.device_put(cache, shard)
 
   def session(self, batch_size: int, max_len: int, *, seed: int | jax.Array = 0,
               bucket_batch: bool = True) -> "Session":
@@ -221,7 +243,7 @@ class Session:
     self.images: list[list[ImageInput]] = [[] for _ in range(self.batch_size)]
     self._cached = np.zeros(self._b, np.int64)           # host mirror of cache["length"]
     self._stale = np.ones(self._b, bool)                 # next_logits invalid (empty row / rolled back)
-    self._cache = cache_lib.init_cache(self.cfg, self._b, self._s, gen.cache_dtype)
+    self._cache = gen._place_cache(cache_lib.init_cache(self.cfg, self._b, self._s, gen.cache_dtype))
     self._logits = jnp.zeros((self._b, self.cfg.text.vocab_size), jnp.float32)
     self._key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
     self._calls = 0
@@ -272,7 +294,8 @@ class Session:
     if new_pix:
       pv = np.zeros((pad_patches, cfg.vision.patch_dim), np.float32)
       pv[:n_patch] = np.concatenate(new_pix, 0)
-    self._logits, self._cache = _extend_last(cfg, self.gen.params, self._cache, inputs, pv, self._logits)
+    with self.gen._context():
+      self._logits, self._cache = _extend_last(cfg, self.gen.params, self._cache, inputs, pv, self._logits)
     for b in range(self.batch_size):
       if new_rows[b]:
         self._cached[b] = len(self.histories[b])
@@ -299,7 +322,7 @@ class Session:
     self.images[row] = kept
     self._cached[row] = length
     self._stale[row] = True
-    self._cache["length"] = jnp.asarray(self._cached.astype(np.int32))
+    self._cache["length"] = jax.device_put(self._cached.astype(np.int32), self._cache["length"].sharding)
 
   # ------------------------------------------------------------------------------------------ decode
   def generate(self, max_new_tokens: int | Sequence[int], sampling: Sampling = GREEDY, *,
@@ -329,10 +352,11 @@ class Session:
         n_max = min(n_max, bucket(chunk, 1))
       self._calls += 1
       key = jax.random.fold_in(self._key, self._calls)
-      toks, lps, n_gen, hit, self._cache, self._logits = _decode_loop(
-          self.gen.params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
-          cfg=self.cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
-          processor=logits_processor)
+      with self.gen._context():
+        toks, lps, n_gen, hit, self._cache, self._logits = _decode_loop(
+            self.gen.params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
+            cfg=self.cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
+            processor=logits_processor)
       toks, lps, n_gen, hit = (np.asarray(a) for a in (toks, lps, n_gen, hit))
       for b in sorted(live):
         n = int(n_gen[b])
