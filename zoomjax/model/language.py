@@ -30,7 +30,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from zoomjax.model import rope as rope_lib
 from zoomjax.model.config import ModelConfig
-from zoomjax.model.layers import Projection, RMSNorm, as_dtype, constrain, dot_attention, maybe_remat, param_with_axes
+from zoomjax.model.layers import (Projection, RMSNorm, SwiGLU, as_dtype, constrain, dot_attention, maybe_remat,
+                                  param_with_axes)
 from zoomjax.model.leaves import LeafSource, LeafTable
 
 KVCache = Any  # tuple (k, v) of [B, S, K, H] per layer, or None
@@ -79,21 +80,6 @@ class Attention(nn.Module):
     return y, new_cache
 
 
-class MLP(nn.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
-
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, x):
-    t = self.cfg.text
-    dt, pdt = as_dtype(self.cfg.dtype), as_dtype(self.cfg.param_dtype)
-    gate = Projection((t.intermediate_size,), ("embed", "mlp"), dtype=dt, param_dtype=pdt, name="gate_proj")(x)
-    up = Projection((t.intermediate_size,), ("embed", "mlp"), dtype=dt, param_dtype=pdt, name="up_proj")(x)
-    hdn = constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-    return Projection((t.hidden_size,), ("mlp", "embed"), dtype=dt, param_dtype=pdt, name="down_proj")(hdn)
-
-
 class DecoderLayer(nn.Module):
   """Pre-norm decoder block. Signature fits `nn.scan`: (carry x, *broadcast/scanned args) -> (x, cache)."""
 
@@ -108,7 +94,9 @@ class DecoderLayer(nn.Module):
     h, new_cache = Attention(self.cfg, name="self_attn")(h, cos, sin, mask, kv_cache, write_pos)
     x = x + h
     h = RMSNorm(t.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
-    x = x + MLP(self.cfg, name="mlp")(h)
+    x = x + SwiGLU(t.hidden_size, t.intermediate_size, "embed", "mlp",
+                   ("activation_batch", "activation_length", "activation_mlp"), dtype=dt, param_dtype=pdt,
+                   name="mlp")(h)
     return constrain(x, BTD), new_cache
 
 

@@ -87,6 +87,38 @@ class Projection(nn.Module):
     return y
 
 
+class SwiGLU(nn.Module):
+  """`down(silu(gate(x)) * up(x))`: the MLP of both the language model (no biases) and the ViT (biased).
+
+  Attributes:
+    hidden_size / intermediate_size: widths of `x` and of the gated hidden layer.
+    embed_axis / mlp_axis: logical names of the two widths (kernels `[embed, mlp]` and `[mlp, embed]`).
+    hidden_activation_axes: logical names of the gated hidden activation `[..., intermediate]`.
+    use_bias: biased projections (ViT) or not (LM).
+  """
+
+  hidden_size: int
+  intermediate_size: int
+  embed_axis: str
+  mlp_axis: str
+  hidden_activation_axes: tuple[str | None, ...]
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    def proj(feats, axes, name):
+      return Projection((feats,), axes, use_bias=self.use_bias, bias_axes=axes[-1:] if self.use_bias else (),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    up_axes = (self.embed_axis, self.mlp_axis)
+    gate = proj(self.intermediate_size, up_axes, "gate_proj")(x)
+    up = proj(self.intermediate_size, up_axes, "up_proj")(x)
+    h = constrain(nn.silu(gate) * up, self.hidden_activation_axes)
+    return proj(self.hidden_size, (self.mlp_axis, self.embed_axis), "down_proj")(h)
+
+
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: Dtype) -> jax.Array:
   """Grouped-query softmax attention.
 

@@ -67,7 +67,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from zoomjax.model import rope as rope_lib
 from zoomjax.model.config import ModelConfig, VisionConfig
-from zoomjax.model.layers import Projection, RMSNorm, as_dtype, constrain, maybe_remat
+from zoomjax.model.layers import Projection, RMSNorm, SwiGLU, as_dtype, constrain, maybe_remat
 from zoomjax.model.leaves import LeafSource, LeafTable
 
 ROPE_THETA = 10000.0   # the reference's vision rope_parameters default (`axial`, theta 1e4); never overridden
@@ -242,23 +242,6 @@ class VisionAttention(nn.Module):
                       use_bias=True, bias_axes=("vision_embed",), dtype=dt, param_dtype=pdt, name="proj")(out)
 
 
-class VisionMLP(nn.Module):
-  """down(silu(gate(x)) * up(x)), all three projections biased."""
-
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, x):
-    v = self.cfg.vision
-    dt, pdt = as_dtype(self.cfg.dtype), as_dtype(self.cfg.param_dtype)
-    proj = lambda feats, axes, name: Projection((feats,), axes, use_bias=True, bias_axes=axes[-1:], dtype=dt,
-                                                param_dtype=pdt, name=name)
-    gate = proj(v.intermediate_size, ("vision_embed", "vision_mlp"), "gate_proj")(x)
-    up = proj(v.intermediate_size, ("vision_embed", "vision_mlp"), "up_proj")(x)
-    h = constrain(nn.silu(gate) * up, ("activation_vision_patches", "activation_vision_mlp"))
-    return proj(v.hidden_size, ("vision_mlp", "vision_embed"), "down_proj")(h)
-
-
 class VisionBlock(nn.Module):
   """Pre-norm ViT block. Fits `nn.scan`: (carry x, is_full, *broadcast) -> (x, None).
 
@@ -279,7 +262,10 @@ class VisionBlock(nn.Module):
     x = constrain(x, PD)
     x = x + VisionAttention(self.cfg, self.full_span, name="attn")(norm("norm1")(x), is_full, cos, sin, window_segments,
                                                     full_segments)
-    x = x + VisionMLP(self.cfg, name="mlp")(norm("norm2")(x))
+    v = self.cfg.vision
+    x = x + SwiGLU(v.hidden_size, v.intermediate_size, "vision_embed", "vision_mlp",
+                   ("activation_vision_patches", "activation_vision_mlp"), use_bias=True, dtype=dt,
+                   param_dtype=pdt, name="mlp")(norm("norm2")(x))
     return constrain(x, PD), None
 
 
