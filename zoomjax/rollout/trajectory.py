@@ -6,6 +6,10 @@ Token-level arrays cover the whole sequence (prompt, generated text, appended im
     loss_mask  int32[T]     1 where the token was sampled from the model; 0 on prompt, image and tool tokens
     logprobs   float32[T]   raw-model log-prob of each sampled token (0 where loss_mask is 0)
 
+`logprobs[t]` is `log_softmax(logits[t - 1])[token_ids[t]]` of the sampling policy (no temperature / top-k /
+top-p applied), the same convention as the SFT batches' `loss_mask` (target t predicted from position
+t - 1): a learner's forward over `token_ids` gives `logp_θ` aligned with it (GRPO's `logp_old`).
+
 `images` are the model inputs of every image in text order (global view first, then each crop), so
 `pixel_values = concat(im.pixel_values)` and `image_grid_thw = stack(im.grid_thw)` rebuild the row's
 vision inputs. Boxes: `boxes_global[i]` is the i-th crop request in global-view pixels (the model's
