@@ -143,3 +143,27 @@ def test_too_long_examples(data):
                           buckets=small, on_error="raise")
   with pytest.raises(PL.ExampleTooLongError):
     strict[0]
+
+
+@pytest.mark.parametrize("protocol", P.PROTOCOLS)
+def test_rl_prompts(data, protocol):
+  out, _, tok = data
+  src = L.LrsGroSource(out / "rl.jsonl")
+  prompts = PL.RlPromptDataset(src, tok, protocol, BUDGET, max_turns=2)
+  sid = T.special_ids(tok)
+  ds = PL.rl_batches(prompts, 4, pad_id=sid["pad_token_id"], shuffle=False, num_epochs=1, shard_index=0,
+                     shard_count=1)
+  b = ds[0]
+  for r in range(4):
+    row = src[r]
+    n = int(b["prompt_length"][r])
+    ids = b["input_ids"][r, :n]
+    # Reference: the protocol's prompt text with the one placeholder expanded to the view's token count.
+    k = int(b["image_grid_thw"][r].prod()) // 4
+    text = P.render_prompt(row.question, protocol, **({"max_turns": 2} if protocol == "multiturn" else {})).text
+    ref = text.replace(P.IMAGE_PAD, P.IMAGE_PAD * k)
+    assert tok.decode(ids.tolist(), skip_special_tokens=False) == ref
+    assert b["meta"][r]["answer"] == row.ground_truth and b["has_box"][r] == int(row.has_box)
+    if row.has_box:
+      np.testing.assert_allclose(b["gt_box"][r], np.asarray(row.bbox) * 1536 / 1024, rtol=1e-6)
+    assert b["global_scale"][r] == pytest.approx(3.0) and b["image_size"][r].tolist() == [1536, 1536]
