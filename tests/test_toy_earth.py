@@ -32,6 +32,8 @@ def test_format_splits_and_categories(toy):
   out, meta, rows = toy
   assert meta["splits"]["sft"]["images"] == 2 and meta["splits"]["rl"]["images"] == 1
   assert meta["splits"]["test"]["images"] == 1
+  base = meta["test_majority_baseline"]
+  assert base["overall"]["n"] == meta["splits"]["test"]["rows"] and 0 <= base["overall"]["accuracy"] <= 1
   by_split = {s: L.LrsGroSource(out / f"{s}.jsonl") for s in ("sft", "rl", "test")}
   for s, src in by_split.items():
     assert src.problems == [] and len(src) == meta["splits"][s]["rows"] > 0

@@ -428,10 +428,31 @@ def generate(out: str, seed: int = 0, num_images: int = 24, size: int = 2048, wo
   meta = {"generator": GENERATOR_VERSION, "seed": seed, "num_images": num_images, "size": size,
           "image_root": "images", "view_pixels": TOY_VIEW_PIXELS,
           "splits": {s: {"rows": len(r), "images": len({x["image_name"] for x in r})} for s, r in by_split.items()},
-          "vocab": {k: list(v) for k, v in VOCAB.items()}}
+          "vocab": {k: list(v) for k, v in VOCAB.items()},
+          "test_majority_baseline": majority_baseline(by_split["sft"], by_split["test"])}
   with open(os.path.join(out, "meta.json"), "w") as f:
     json.dump(meta, f, indent=1)
   return meta
+
+
+def majority_baseline(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
+  """Accuracy on `test` of answering each question template with its most frequent `train` answer (the
+  question text with the referent's position removed): what a model that ignores the image gets."""
+  import collections
+  import re
+
+  def template(r):
+    return re.sub(r"in the [a-z-]+ part of the image", "in X", r["question"])
+  counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for r in train:
+    counts[template(r)][r["ground_truth"]] += 1
+  hits: dict[str, list[int]] = collections.defaultdict(list)
+  for r in test:
+    c = counts.get(template(r))
+    ok = int(bool(c) and c.most_common(1)[0][0] == r["ground_truth"])
+    hits["overall"].append(ok)
+    hits[r["type"]].append(ok)
+  return {k: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)} for k, v in sorted(hits.items())}
 
 
 def _generate_star(a):
