@@ -13,7 +13,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomjax.train import checkpoint as ck
-from zoomjax.train.data import BatchStream
 from zoomjax.train.state import init_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,45 +100,42 @@ def test_export_and_load_params(tmp_path):
   np.testing.assert_array_equal(ck.load_params(path)["b"], np.ones(3))
 
 
-class _Range:
-  def __init__(self, n):
-    self.n = n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    return int(i)
+def _stream_pieces(stream, steps):
+  """Example indices of each step's pieces, in layout order."""
+  return [[int(p["example_index"][0]) for p in next(stream)] for _ in range(steps)]
 
 
-def _collate(xs):
-  return np.array(xs)
-
-
-def test_stream_order_is_independent_of_sharding_and_resumes_exactly():
-  ds = _Range(37)
-  one = BatchStream(ds, _collate, batch_size=8, num_micro=1, num_shards=1, seed=4, prefetch=0)
-  flat = [np.concatenate(next(one)) for _ in range(10)]  # crosses epoch boundaries (37 examples)
+def test_stream_examples_do_not_depend_on_layout_and_resume_exactly():
+  from zoomjax.data.pipeline import Buckets, sft_batches
+  from zoomjax.train.data import StepStream
+  ds = [{"input_ids": np.arange(3 + i % 4, dtype=np.int32), "loss_mask": np.ones(3 + i % 4, np.int32),
+         "pixel_values": np.zeros((0, 1176), np.float32), "image_grid_thw": np.zeros((0, 3), np.int32)}
+        for i in range(37)]
+  pieces = lambda: sft_batches(ds, 1, pad_id=0, seed=4, buckets=Buckets.fixed(8, 4, 1))  # noqa: E731
+  one = StepStream(pieces(), 8, prefetch=0)            # 1 x 1 x 8 layout
+  flat = _stream_pieces(one, 10)                        # crosses epoch boundaries (37 examples)
   seq = np.concatenate(flat)
   np.testing.assert_array_equal(np.sort(seq[:37]), np.arange(37))       # epoch 0: a permutation
   np.testing.assert_array_equal(np.sort(seq[37:74]), np.arange(37))     # epoch 1: another one
   assert not np.array_equal(seq[:37], seq[37:74])
-  # 2 microbatches x 4 shards, this "process" holding shards 2..3: the same sequences, sliced
-  part = BatchStream(ds, _collate, batch_size=8, num_micro=2, num_shards=4, shard_range=(2, 4), seed=4, prefetch=2)
-  for g in range(10):
-    pieces = next(part)
-    assert [p.tolist() for p in pieces] == [flat[g][2:3].tolist(), flat[g][3:4].tolist(),
-                                            flat[g][6:7].tolist(), flat[g][7:8].tolist()]
-  # resume: a new stream set to the state after 6 batches continues with batch 6
-  fresh = BatchStream(ds, _collate, batch_size=8, seed=4, prefetch=2)
-  for _ in range(3):
-    next(fresh)
-  state = {"batches": 6, "seed": 4, "batch_size": 8, "num_examples": 37}
-  fresh.set_state(state)
-  np.testing.assert_array_equal(np.concatenate(next(fresh)), flat[6])
-  assert fresh.get_state()["batches"] == 7
-  fresh.close()
-  part.close()
-  # epoch-bounded stream stops
-  ep = BatchStream(ds, _collate, batch_size=8, num_epochs=1, prefetch=1)
-  assert len(list(ep)) == 37 // 8
+  # prefetched in a background thread: the same examples
+  two = StepStream(pieces(), 8, prefetch=2)
+  assert _stream_pieces(two, 10) == flat
+  two.close()
+  # resume: a fresh stream set to the state taken after 6 steps continues with step 6
+  first = StepStream(pieces(), 8, prefetch=2)
+  _stream_pieces(first, 6)
+  state = first.get_state()
+  first.close()
+  import json
+  state = json.loads(json.dumps(state))                 # what the checkpoint stores
+  again = StepStream(pieces(), 8, prefetch=2)
+  again.set_state(state)
+  assert _stream_pieces(again, 4) == flat[6:10]
+  again.close()
+  # an epoch-bounded eval stream pads its last step with blank pieces
+  ev = StepStream(sft_batches(ds, 1, pad_id=0, shuffle=False, num_epochs=1, drop_remainder=False,
+                              buckets=Buckets.fixed(8, 4, 1)), 8, prefetch=0, pad_last=True)
+  steps = list(ev)
+  assert len(steps) == 5 and sum(int(p["valid"][0]) for st in steps for p in st) == 37
+  assert all(p["attention_mask"].sum() == 0 for p in steps[-1][5:])

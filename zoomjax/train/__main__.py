@@ -1,6 +1,7 @@
 """`python -m zoomjax.train [CONFIG.yaml] [key=value ...]` — supervised fine-tuning.
 
-With no arguments: the embedded default (`configs/embedded.yaml`): Toy Earth is generated and the
+With no config file, `configs/embedded.yaml` is the base (overrides still apply): with no arguments at
+all, the embedded default runs: Toy Earth is generated and the
 in-process tokenizer trained on first use, a tiny Qwen2.5-VL trains on a CPU, is evaluated on held-out
 data, and the run directory is printed. CONFIG is a path or a name in `configs/` (`toy_earth_sft`,
 `lrs_gro_3b_v5e16`, ...); overrides use dotted keys (`optim.lr=1e-4 mesh.fsdp=4 steps=50`).

@@ -1,19 +1,20 @@
-"""Host-side batch assembly: a global batch as `[A, S]` pieces with their own images, placed on the mesh.
+"""Host-side batch assembly: a global batch as `[A, S, b]` single-sequence pieces, placed on the mesh.
 
-A global batch of `B` sequences is cut into `A x S` *pieces* of `b = B / (A * S)` consecutive sequences:
-`A` = gradient-accumulation microbatches, `S` = batch shards of the mesh (`data * fsdp`). Each piece
-carries its own images, so every index in it (image-token gather rows, vision window order, attention
-segments) is local to the piece. On device every leaf has shape `[A, S, ...]` with axis 1 sharded over
-`("data", "fsdp")`: a device only ever holds (and runs the vision tower on) its own sequences' images.
-The step scans over `A` and vmaps the model over `S`.
+A global batch of `B` sequences is laid out as `A x S x b`: `A` gradient-accumulation microbatches,
+`S` batch shards of the mesh (`data * fsdp`), `b = B / (A * S)` sequences per shard. Every sequence is a
+*piece* of its own: its tokens (`[1, T]`), its images' pixels padded to a fixed per-sequence budget
+(`[max_patches, 1176]`) and the host-side model inputs computed for it alone (M-RoPE ids, image-token
+gather rows, vision window order and attention segments), so every index stays local to the sequence
+and the vision tower's attention never spans two sequences' patches. On device every leaf has shape
+`[A, S, b, ...]` with axis 1 sharded over `("data", "fsdp")`: a device holds, and runs the vision tower
+on, its own sequences' images only. The step scans over `A` and vmaps the model over `S` and `b`.
 
-With several processes, process `p` builds only pieces `s` in `[p * S / n, (p + 1) * S / n)` of every
-microbatch, and `jax.make_array_from_process_local_data` assembles the global arrays. Which sequences
-form the global batch does not depend on the mesh or the process count, so the loss curve does not either.
+With several processes, process `p` builds only the pieces of its devices' shards, and
+`jax.make_array_from_process_local_data` assembles the global arrays.
 
-Piece format (numpy, what the data pipeline's collate returns for `b` sequences):
-  input_ids int32[b, T], attention_mask int32[b, T], loss_mask int32[b, T],
-  pixel_values float32[P, 1176] (may have 0 rows), image_grid_thw int32[I, 3] (zero rows = padding).
+Piece format (numpy, one sequence, as `zoomjax.data.pipeline.collate_sft` returns it for a batch of 1):
+  input_ids int32[1, T], attention_mask int32[1, T], loss_mask int32[1, T],
+  pixel_values float32[max_patches, 1176], image_grid_thw int32[max_images, 3] (zero rows = padding).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def pad_rows(x: np.ndarray, rows: int, what: str) -> np.ndarray:
 def model_inputs(model_cfg, piece: dict, num_patches: int) -> dict[str, Any]:
   """Device inputs of one piece: `prepare_inputs` output (minus rope deltas), loss mask, pixel values.
 
-  `num_patches` is the piece's static patch budget (0 = text only: no pixel values, no vision keys).
+  `num_patches` is the static per-sequence patch budget (0 = text only: no pixel values, no vision keys).
   """
   from zoomjax.model.inputs import prepare_inputs
   grid = piece.get("image_grid_thw")
@@ -68,17 +69,17 @@ def stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
 
 
-def assemble(pieces: Sequence[dict], num_micro: int, to_device_inputs) -> dict:
-  """`A * S_local` host pieces (microbatch-major) -> one tree with leaves `[A, S_local, ...]`."""
-  if len(pieces) % num_micro:
-    raise ValueError(f"{len(pieces)} pieces do not split into {num_micro} microbatches")
-  per = len(pieces) // num_micro
-  rows = [stack([to_device_inputs(p) for p in pieces[a * per:(a + 1) * per]]) for a in range(num_micro)]
-  return stack(rows)
+def assemble(pieces: Sequence[dict], shape: tuple[int, ...], to_device_inputs) -> dict:
+  """`prod(shape)` host pieces (row-major over `shape`, e.g. `(A, S_local, b)`) -> one tree whose
+  leaves are `[*shape, ...]`."""
+  if len(pieces) != int(np.prod(shape)):
+    raise ValueError(f"{len(pieces)} pieces do not fill the layout {shape}")
+  flat = stack([to_device_inputs(p) for p in pieces])
+  return jax.tree_util.tree_map(lambda x: x.reshape(tuple(shape) + x.shape[1:]), flat)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """`[A, S, ...]` leaves: axis 1 over the batch mesh axes, the rest replicated."""
+  """`[A, S, b, ...]` leaves: axis 1 over the batch mesh axes, the rest replicated."""
   return NamedSharding(mesh, P(None, BATCH_AXES))
 
 
@@ -87,7 +88,7 @@ def num_shards(mesh: Mesh) -> int:
 
 
 def to_global(local: dict, mesh: Mesh) -> dict:
-  """Process-local `[A, S_local, ...]` numpy tree -> global `[A, S, ...]` jax arrays on `mesh`."""
+  """Process-local `[A, S_local, b, ...]` numpy tree -> global `[A, S, b, ...]` jax arrays on `mesh`."""
   sharding = batch_sharding(mesh)
   s = num_shards(mesh)
 

@@ -75,8 +75,14 @@ class DataSection:
       the working directory; `{run_dir}` is replaced by the run directory.
     train_file / eval_file: JSONL files inside `root` (defaults depend on `kind`).
     image_dir: LRS-GRO images (defaults to `root/images`).
-    tokenizer: an HF tokenizer dir / `tokenizer.json`, or `train` to train the in-process tokenizer
-      on the data (cached beside it).
+    tokenizer: an HF tokenizer dir, or `train` to train the in-process tokenizer on Toy Earth text
+      (cached in `root/tokenizer`).
+    protocol: trajectory format, `released` (ZoomEarth's) or `multiturn` (tool calls).
+    image_max_pixels: pixel budget of every image (0 = the kind's default: Toy Earth's view budget, or
+      the processor's default for LRS-GRO, whose views are at most 512 px a side anyway).
+    cache_mb: memory for built examples (pixels included), so later epochs skip image decoding.
+    eval_fraction: without `eval_file`, this fraction of the training file's images (at least one) is
+      held out, with all their questions, for the held-out loss.
     num_images: Toy Earth images to generate; toy_seed: its generator seed.
     batch_size: global batch (sequences per optimizer step, before splitting into microbatches).
     seq_len: padded sequence length T.
@@ -84,7 +90,6 @@ class DataSection:
       0 = the dataset's own maximum.
     max_images: image slots per sequence (likewise); 0 = the dataset's own maximum.
     shuffle_seed: data-order seed; num_epochs: passes over the data (0 = forever).
-    worker_count: grain worker processes (0 = in-process, exactly resumable).
   """
 
   kind: str = "toy_earth"
@@ -93,6 +98,10 @@ class DataSection:
   eval_file: str | None = None
   image_dir: str | None = None
   tokenizer: str = "train"
+  protocol: str = "released"
+  image_max_pixels: int = 0
+  eval_fraction: float = 0.125
+  cache_mb: int = 2048
   num_images: int = 64
   toy_seed: int = 0
   batch_size: int = 8
@@ -101,14 +110,17 @@ class DataSection:
   max_images: int = 0
   shuffle_seed: int = 0
   num_epochs: int = 0
-  worker_count: int = 0
 
   def validate(self, key: str) -> None:
     _one_of(f"{key}.kind", self.kind, ("toy_earth", "lrs_gro", "synthetic"))
+    _one_of(f"{key}.protocol", self.protocol, ("released", "multiturn"))
+    _non_negative(f"{key}.image_max_pixels", self.image_max_pixels)
+    _in_range(f"{key}.eval_fraction", self.eval_fraction, 0.0, 0.9)
+    _non_negative(f"{key}.cache_mb", self.cache_mb)
     _positive(f"{key}.batch_size", self.batch_size)
     _positive(f"{key}.seq_len", self.seq_len)
     _positive(f"{key}.num_images", self.num_images)
-    for f in ("max_patches", "max_images", "num_epochs", "worker_count"):
+    for f in ("max_patches", "max_images", "num_epochs"):
       _non_negative(f"{key}.{f}", getattr(self, f))
 
 
@@ -160,18 +172,21 @@ class MeshSection:
       equal the device count (all processes together).
     rules: overrides of the logical-axis rules, `{logical_name: mesh_axis | [mesh_axes] | null}`,
       applied on top of `zoomjax.model.sharding`'s default table.
+    devices: use only the first N devices (0 = all), e.g. a 1x1x1 mesh on an 8-device host.
   """
 
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
   rules: dict = dataclasses.field(default_factory=dict)
+  devices: int = 0
 
   def validate(self, key: str) -> None:
     sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
     for name, v in sizes.items():
       if v != -1 and v < 1:
         raise ConfigError(f"{key}.{name}: must be a positive size or -1 (fill), got {v!r}")
+    _non_negative(f"{key}.devices", self.devices)
     if sum(v == -1 for v in sizes.values()) > 1:
       raise ConfigError(f"{key}: at most one axis may be -1 (fill), got {sizes}")
     for logical, axes in self.rules.items():
@@ -237,17 +252,23 @@ class EvalSection:
 
   Attributes:
     every: interval in optimizer steps (0 = only at the end). batches: eval batches (0 = no eval).
-    answers: also run the rollout loop on this many held-out questions for answer accuracy (0 = off).
+    answers: also run the perception loop on this many held-out questions at the end for answer
+      accuracy and APO IoU (0 = off). answer_batch: questions decoded together.
+    max_new_tokens: generation budget per decoding stage.
   """
 
   every: int = 0
   batches: int = 4
   answers: int = 0
+  answer_batch: int = 16
+  max_new_tokens: int = 256
 
   def validate(self, key: str) -> None:
     _non_negative(f"{key}.every", self.every)
     _non_negative(f"{key}.batches", self.batches)
     _non_negative(f"{key}.answers", self.answers)
+    _positive(f"{key}.answer_batch", self.answer_batch)
+    _positive(f"{key}.max_new_tokens", self.max_new_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,14 +276,15 @@ class DistributedSection:
   """Multi-process (multi-host) launch: `jax.distributed.initialize`.
 
   Attributes:
-    enabled: `auto` (initialize when the env names a coordinator or a TPU pod), `true`, `false`.
+    enabled: `auto` (initialize when the env names a coordinator, a TPU pod or a Slurm job), true, false.
     coordinator: `host:port` of process 0 (env `ZOOMJAX_COORDINATOR` / `JAX_COORDINATOR_ADDRESS`).
     num_processes / process_id: env `ZOOMJAX_NUM_PROCESSES` / `ZOOMJAX_PROCESS_ID` when -1.
-    local_device_count: CPU only: devices per process (sets the XLA host-platform device count).
+    local_device_count: CPU only: simulated devices per process (`python -m zoomjax.train` sets the
+      XLA host-platform device count before JAX starts; 0 = leave XLA_FLAGS alone).
     timeout_s: initialization timeout.
   """
 
-  enabled: str = "auto"
+  enabled: bool | str = "auto"
   coordinator: str | None = None
   num_processes: int = -1
   process_id: int = -1
@@ -270,7 +292,7 @@ class DistributedSection:
   timeout_s: int = 300
 
   def validate(self, key: str) -> None:
-    _one_of(f"{key}.enabled", self.enabled, ("auto", "true", "false"))
+    _one_of(f"{key}.enabled", self.enabled, (True, False, "auto"))
     _non_negative(f"{key}.local_device_count", self.local_device_count)
     _positive(f"{key}.timeout_s", self.timeout_s)
 
@@ -307,8 +329,6 @@ class TrainConfig:
     if self.data.batch_size % self.optim.grad_accum:
       raise ConfigError(f"optim.grad_accum: data.batch_size={self.data.batch_size} is not divisible by "
                         f"grad_accum={self.optim.grad_accum}")
-    if self.optim.warmup_steps > self.steps:
-      raise ConfigError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds steps={self.steps}")
 
   def path(self, template: str) -> str:
     """Expands `{run_dir}` in a configured path."""
@@ -366,7 +386,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if value is None and type(None) in args:
       return None
     inner = [a for a in args if a is not type(None)]
-    return _coerce(key, value, inner[0])
+    for i, a in enumerate(inner):
+      try:
+        return _coerce(key, value, a)
+      except ConfigError:
+        if i == len(inner) - 1:
+          raise
+    raise AssertionError("unreachable")
   if dataclasses.is_dataclass(tp):
     return _build(tp, value, key)
   bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")

@@ -48,6 +48,10 @@ def make_mesh(mc: MeshSection, devices: Sequence[jax.Device] | None = None) -> M
   contiguous block of the `data` axis).
   """
   devices = list(jax.devices() if devices is None else devices)
+  if mc.devices:
+    if mc.devices > len(devices):
+      raise ConfigError(f"mesh.devices: {mc.devices} requested but only {len(devices)} devices exist")
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))[:mc.devices]
   sizes = mesh_shape(mc, len(devices))
   shape = tuple(sizes[a] for a in AXES)
   ordered = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(shape)

@@ -43,7 +43,7 @@ def maybe_initialize_distributed(dc) -> None:
   coordinator = dc.coordinator or env.get("ZOOMJAX_COORDINATOR") or env.get("JAX_COORDINATOR_ADDRESS")
   num = dc.num_processes if dc.num_processes >= 0 else int(env.get("ZOOMJAX_NUM_PROCESSES", "-1"))
   pid = dc.process_id if dc.process_id >= 0 else int(env.get("ZOOMJAX_PROCESS_ID", "-1"))
-  if dc.enabled == "false":
+  if dc.enabled is False:
     return
   if dc.enabled == "auto" and not coordinator and "TPU_WORKER_HOSTNAMES" not in env and "SLURM_JOB_ID" not in env:
     return
@@ -56,16 +56,15 @@ def maybe_initialize_distributed(dc) -> None:
     kw["num_processes"] = num
   if pid >= 0:
     kw["process_id"] = pid
-  if dc.local_device_count:
-    kw["local_device_ids"] = list(range(dc.local_device_count)) if jax.config.jax_platforms != "cpu" else None
-    kw = {k: v for k, v in kw.items() if v is not None}
   logging.info("jax.distributed.initialize(%s)", kw)
   jax.distributed.initialize(**kw)
 
 
 # ------------------------------------------------------------------------------------------ model
-def build_model_config(cfg: TrainConfig, vocab_size: int | None = None):
-  """The `ModelConfig` of the run: a preset with `model.text` / `model.vision` overrides, or `hf_dir`."""
+def build_model_config(cfg: TrainConfig, vocab_size: int | None = None, special_ids: dict | None = None):
+  """The `ModelConfig` of the run: a preset with `model.text` / `model.vision` overrides, or `hf_dir`.
+
+  `vocab_size` / `special_ids` (from a trained tokenizer) size the tiny preset's vocabulary."""
   from zoomjax.model.config import ConfigError as ModelConfigError, ModelConfig, TextConfig, VisionConfig
   ms = cfg.model
   runtime = dict(scan_layers=ms.scan_layers, remat_policy=ms.remat_policy, dtype=ms.dtype,
@@ -74,7 +73,7 @@ def build_model_config(cfg: TrainConfig, vocab_size: int | None = None):
     if ms.hf_dir:
       return ModelConfig.from_hf_dir(ms.hf_dir, **runtime)
     if ms.preset == "tiny":
-      base = ModelConfig.tiny(vocab_size=vocab_size or 512)
+      base = ModelConfig.tiny(vocab_size=vocab_size or 512, **(special_ids or {}))
     else:
       base = getattr(ModelConfig, ms.preset)()
     text = dataclasses.replace(base.text, **ms.text) if ms.text else base.text
@@ -91,8 +90,8 @@ def build_model_config(cfg: TrainConfig, vocab_size: int | None = None):
 def run_rules(cfg: TrainConfig) -> tuple:
   """The logical-axis rules of the run: the model's table, config overrides, and the batch layout.
 
-  The batch is split over `("data", "fsdp")` by the pieces' S axis (a vmap with `spmd_axis_name`), so
-  the per-piece activation batch / patch axes are left unsharded.
+  The batch is split over `("data", "fsdp")` by the S axis of the pieces (a vmap with `spmd_axis_name`),
+  so the per-sequence activation batch / patch axes are left unsharded.
   """
   rules = dict(mesh_lib.logical_rules(cfg.mesh.rules))
   for name in ("activation_batch", "activation_vision_patches", "activation_patches"):
@@ -101,7 +100,8 @@ def run_rules(cfg: TrainConfig) -> tuple:
 
 
 def make_model_loss(model_cfg) -> Callable:
-  """`loss_fn(params, microbatch, rng)` for `[S, ...]` microbatches: vmap the model over pieces."""
+  """`loss_fn(params, microbatch, rng)` for `[S, b, ...]` microbatches: the model runs on each sequence
+  (vmapped over `b`, and over `S` with the batch mesh axes as `spmd_axis_name`)."""
   from zoomjax.model import apply
 
   def one(params, piece):
@@ -113,7 +113,8 @@ def make_model_loss(model_cfg) -> Callable:
 
   def loss_fn(params, mb, rng):
     del rng  # no dropout in Qwen2.5-VL
-    stats = jax.vmap(lambda pc: one(params, pc), spmd_axis_name=mesh_lib.BATCH_AXES)(mb)
+    per_shard = jax.vmap(lambda pc: one(params, pc))
+    stats = jax.vmap(per_shard, spmd_axis_name=mesh_lib.BATCH_AXES)(mb)
     return {k: jnp.sum(v) for k, v in stats.items()}
 
   return loss_fn
@@ -288,6 +289,8 @@ def run_loop(setup: Setup, state: TrainState, stream, ckpt: checkpoint.Checkpoin
           if total_peak and step_flops:
             m.update(mfu=step_flops / dt / total_peak, tflops_per_s=step_flops / dt / 1e12)
           t_last, steps_since, tokens_since = now, 0, 0.0
+        if getattr(stream, "skipped", 0):
+          m["examples_skipped"] = stream.skipped
         if m.get("skipped"):
           logger.write(f"step {step}: non-finite loss/gradient (loss={m['loss']}, grad_norm={m['grad_norm']}); "
                        f"update skipped ({int(m['skipped_total'])} so far)")
@@ -329,7 +332,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
   mesh = mesh_lib.make_mesh(cfg.mesh)
   data = data or sources.build_data(cfg)
-  model_cfg = build_model_config(cfg, vocab_size=data.vocab_size)
+  model_cfg = build_model_config(cfg, vocab_size=data.vocab_size, special_ids=data.special_ids)
   setup = build(cfg, model_cfg, mesh)
   ckpt = checkpoint.Checkpointer(cfg.path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
@@ -366,7 +369,8 @@ def train(cfg: TrainConfig, data=None) -> dict:
       if cfg.checkpoint.export_params:
         summary["params"] = checkpoint.export_params(
             cfg.path(cfg.checkpoint.export_dir), state.params,
-            {"model_config": model_cfg.to_hf_dict(), "step": info["final_step"]})
+            {"model_config": model_cfg.to_hf_dict(), "scan_layers": model_cfg.scan_layers,
+             "param_dtype": model_cfg.param_dtype, "step": info["final_step"]})
       if cfg.checkpoint.export_hf:
         from zoomjax import hf
         hf_out = os.path.join(run_dir, "hf")
