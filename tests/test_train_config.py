@@ -31,6 +31,9 @@ def test_defaults_validate_and_roundtrip(tmp_path):
     ("run_dir=runs/x.1", ("run_dir",), "runs/x.1"),
     ("mesh.rules.embed=[fsdp, tensor]", ("mesh", "rules"), {"embed": ["fsdp", "tensor"]}),
     ("model.text.num_hidden_layers=3", ("model", "text"), {"num_hidden_layers": 3}),
+    ("distributed.enabled=true", ("distributed", "enabled"), True),
+    ("distributed.enabled=auto", ("distributed", "enabled"), "auto"),
+    ("mesh.devices=1", ("mesh", "devices"), 1),
 ])
 def test_overrides(arg, key, value):
   cfg = C.load_config(None, [arg])
@@ -53,6 +56,8 @@ def test_overrides(arg, key, value):
     ("mesh.rules.heads=model", "mesh.rules.heads: expected null, a mesh axis"),
     ("optim", "overrides are key=value"),
     ("model.freeze_vision=maybe", "model.freeze_vision: expected a boolean, got 'maybe' (str)"),
+    ("distributed.enabled=maybe", "distributed.enabled: expected one of [True, False, 'auto'], got 'maybe'"),
+    ("data.eval_fraction=2", "data.eval_fraction: must lie in [0.0, 0.9], got 2.0"),
     ("optim.lr.x=1", "optim.lr: expected a number, got {'x': 1} (dict)"),
 ])
 def test_validation_errors_name_key_and_value(arg, message):
