@@ -129,3 +129,56 @@ def test_inactive_rows_do_not_advance(scanned_model):
   _, cache = cache_lib.extend_jit(cfg, params, cache, inputs)
   _, cache = cache_lib.decode_jit(cfg, params, cache, np.array([7, 7], np.int32), np.array([True, False]))
   np.testing.assert_array_equal(np.asarray(cache["length"]), [4, 2])
+
+
+def test_extend_last_only_returns_each_rows_last_new_token(scanned_model):
+  cfg, params = scanned_model
+  rs = np.random.RandomState(3)
+  hists = [list(rs.randint(0, 400, 7)), list(rs.randint(0, 400, 12)), []]
+  full, _ = cache_lib.extend_jit(cfg, params, cache_lib.init_cache(cfg, 3, 32),
+                                 prepare_extend(cfg, hists, [0, 0, 0], pad_to=16))
+  last, cache = cache_lib.extend_jit(cfg, params, cache_lib.init_cache(cfg, 3, 32),
+                                     prepare_extend(cfg, hists, [0, 0, 0], pad_to=16), last_only=True)
+  assert last.shape == (3, cfg.text.vocab_size)
+  np.testing.assert_array_equal(np.asarray(cache["length"]), [7, 12, 0])
+  for r, n in ((0, 7), (1, 12)):
+    np.testing.assert_allclose(np.asarray(last[r]), np.asarray(full[r, n - 1]), atol=TOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(last[r]), _full_logits(cfg, params, hists[r], [], [])[n - 1],
+                               atol=TOL, rtol=0)
+
+
+def test_decode_across_attention_blocks_of_a_long_cache(model):
+  """Cache of 4 x DECODE_BLOCK slots; rows decode across a block boundary (the blocked, length-bounded
+  attention of a decode step) and equal the no-cache forward; slots past the longest row never matter."""
+  from zoomjax.model.language import DECODE_BLOCK
+  cfg, params = model
+  rs = np.random.RandomState(4)
+  hists = [list(rs.randint(0, 400, DECODE_BLOCK - 2)), list(rs.randint(0, 400, 40))]
+  cache = cache_lib.init_cache(cfg, 2, 4 * DECODE_BLOCK)
+  # garbage in the unused slots: must be masked out, whatever it holds
+  cache["k"] = cache["k"] + 50.0
+  cache["v"] = cache["v"] - 50.0
+  inputs = prepare_extend(cfg, hists, [0, 0], pad_to=DECODE_BLOCK)
+  logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs, last_only=True)
+  seen = [[(len(h) - 1, np.asarray(logits[r]))] for r, h in enumerate(hists)]
+  nxt = _greedy_text(logits, cfg)
+  for _ in range(4):
+    for r in range(2):
+      hists[r].append(int(nxt[r]))
+    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
+    for r in range(2):
+      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
+    nxt = _greedy_text(step, cfg)
+  assert len(hists[0]) > DECODE_BLOCK
+  _check(cfg, params, hists, [[], []], [[], []], cache, seen)
+
+
+def test_decode_step_updates_the_donated_cache_in_place(model):
+  """The compiled decode step aliases the cache buffers (input -> output) and needs no temporary the size
+  of a cache array: it writes the new token's slots instead of rebuilding [L, B, S, K, H]."""
+  cfg, params = model
+  cache = cache_lib.init_cache(cfg, 4, 4096)
+  mem = cache_lib.decode_jit.lower(cfg, params, cache, np.zeros((4,), np.int32)).compile().memory_analysis()
+  cache_bytes = cache["k"].nbytes
+  assert mem.alias_size_in_bytes >= 2 * cache_bytes
+  assert mem.temp_size_in_bytes < cache_bytes // 4, (mem.temp_size_in_bytes, cache_bytes)

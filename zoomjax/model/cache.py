@@ -11,19 +11,24 @@ Layout (a plain dict, a pytree; donate it to the jitted functions):
 
 Rows are packed from slot 0 (no left padding): row b's tokens occupy slots `[0, length[b])`.
 
-* `extend(cfg, params, cache, inputs, pixel_values=None) -> (logits float32[B, Tn, V], cache)` appends up
+* `extend(cfg, params, cache, inputs, pixel_values=None, *, last_only=False) -> (logits float32[B, Tn, V],
+  cache)` appends up
   to Tn new tokens per row (prompt prefill, tool text, or a continuation with new images). `inputs` comes
   from `zoomjax.model.inputs.prepare_extend` (host), which computes the new tokens' 3-D positions from
   each row's full token history, exactly as the reference does when new vision tokens arrive; row b
   writes its `num_new[b]` tokens at slots `length[b] …` and its length advances by `num_new[b]`. Padding
   tokens of shorter rows are written beyond the row's new length and overwritten later; they never
-  influence valid tokens. `logits[b, num_new[b] - 1]` predicts the row's next token.
+  influence valid tokens. `logits[b, num_new[b] - 1]` predicts the row's next token; `last_only=True`
+  returns just those, float32[B, V] (the head runs on B positions, not B * Tn).
 * `decode(cfg, params, cache, tokens int32[B], active=None) -> (logits float32[B, V], cache)` appends one
   text token per row at position `length[b] + rope_deltas[b]` on all three M-RoPE axes (the reference's
   rule for generated tokens); rows with `active[b] == False` do not advance.
 
 Slots past the cache size S are dropped silently: size the cache for the longest row (`max_len`).
-The jitted versions `extend_jit` / `decode_jit` donate the cache.
+The jitted versions `extend_jit` / `decode_jit` donate the cache. The [L, B, S, K, H] stacks are carried
+whole through the layer loop (`nn.scan` carry) and each layer scatters only its new B * Tn slots, so with
+the cache donated an update is in place: a decode step writes B slots per layer and reads the cache once
+for attention, instead of rewriting the whole cache.
 """
 
 from __future__ import annotations
@@ -57,27 +62,34 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
 
 
 def _run(cfg, params, cache, input_ids, position_ids, write_pos, image_index=None, pixel_values=None,
-         vision_meta=None):
+         vision_meta=None, logits_index=None):
   from zoomjax.model.qwen2_5_vl import Qwen2_5_VL
   s = cache["k"].shape[2]
   mask = jnp.arange(s)[None, None, :] <= write_pos[:, :, None]        # [B, Tn, S]
   logits, (k, v) = Qwen2_5_VL(cfg).apply(
       {"params": params}, input_ids, position_ids, mask, image_index, pixel_values, vision_meta,
-      kv_cache=(cache["k"], cache["v"]), write_pos=write_pos)
+      kv_cache=(cache["k"], cache["v"]), write_pos=write_pos, logits_index=logits_index)
   return logits, k, v
 
 
-def extend(cfg: ModelConfig, params: Any, cache: Cache, inputs: dict[str, Any], pixel_values=None
-           ) -> tuple[jax.Array, Cache]:
-  """Appends `inputs["input_ids"]` (int32[B, Tn], `num_new[b]` valid per row) to the cache."""
+def extend(cfg: ModelConfig, params: Any, cache: Cache, inputs: dict[str, Any], pixel_values=None, *,
+           last_only: bool = False) -> tuple[jax.Array, Cache]:
+  """Appends `inputs["input_ids"]` (int32[B, Tn], `num_new[b]` valid per row) to the cache.
+
+  Returns float32[B, Tn, V] logits, or with `last_only` float32[B, V]: those of each row's last new token
+  (slot `num_new[b] - 1`; a row with no new tokens gets its slot 0's, meaningless), the only ones
+  generation needs: the final norm and the head then run on B positions instead of B * Tn.
+  """
   ids = inputs["input_ids"]
   tn = ids.shape[1]
   write_pos = cache["length"][:, None] + jnp.arange(tn, dtype=jnp.int32)[None, :]
+  num_new = inputs["num_new"].astype(jnp.int32)
+  index = jnp.maximum(num_new - 1, 0)[:, None] if last_only else None
   logits, k, v = _run(cfg, params, cache, ids, inputs["position_ids"], write_pos, inputs.get("image_index"),
-                      pixel_values, inputs.get("vision"))
-  new = {"k": k, "v": v, "length": cache["length"] + inputs["num_new"].astype(jnp.int32),
+                      pixel_values, inputs.get("vision"), index)
+  new = {"k": k, "v": v, "length": cache["length"] + num_new,
          "rope_deltas": inputs["rope_deltas"].astype(jnp.int32)}
-  return logits, new
+  return (logits[:, 0] if last_only else logits), new
 
 
 def decode(cfg: ModelConfig, params: Any, cache: Cache, tokens: jax.Array, active=None
@@ -92,5 +104,5 @@ def decode(cfg: ModelConfig, params: Any, cache: Cache, tokens: jax.Array, activ
   return logits[:, 0], {"k": k, "v": v, "length": length + step, "rope_deltas": cache["rope_deltas"]}
 
 
-extend_jit = jax.jit(extend, static_argnums=0, donate_argnums=2)
+extend_jit = jax.jit(extend, static_argnums=0, static_argnames="last_only", donate_argnums=2)
 decode_jit = jax.jit(decode, static_argnums=0, donate_argnums=2)

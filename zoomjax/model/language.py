@@ -20,6 +20,7 @@ when `cfg.scan_layers`, else they live under `layers_0` ... `layers_{L-1}`):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -30,11 +31,11 @@ from jax.ad_checkpoint import checkpoint_name
 
 from zoomjax.model import rope as rope_lib
 from zoomjax.model.config import ModelConfig
-from zoomjax.model.layers import (Projection, RMSNorm, SwiGLU, as_dtype, constrain, dot_attention, maybe_remat,
-                                  param_with_axes)
+from zoomjax.model.layers import (_MASK_VALUE, Projection, RMSNorm, SwiGLU, as_dtype, constrain, dot_attention,
+                                  maybe_remat, param_with_axes)
 from zoomjax.model.leaves import LeafSource, LeafTable
 
-KVCache = Any  # tuple (k, v) of [B, S, K, H] per layer, or None
+KVCache = Any  # tuple (k, v), each the whole [L, B, S, K, H] stack, or None
 BTD = ("activation_batch", "activation_length", "activation_embed")
 
 
@@ -44,12 +45,15 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, kv_cache: KVCache = None, write_pos=None):
+  def __call__(self, x, cos, sin, mask, kv_cache: KVCache = None, write_pos=None, layer=None):
     """x: [B, T, D]; cos/sin: [B, T, H]; mask: bool[B, T, S].
 
-    kv_cache: None (keys are the T new tokens) or `(k, v)` each [B, S, K, H]; the new keys/values are
-    written at slots `write_pos` int32[B, T] (out-of-range slots are dropped) before attending.
-    Returns (y [B, T, D], updated (k, v) or None).
+    kv_cache: None (keys are the T new tokens) or the whole stack `(k, v)`, each [L, B, S, K, H], of which
+    this layer owns entry `layer` (an int, or a traced int32 scalar under `nn.scan`). The new keys/values
+    are written in place at `[layer, b, write_pos[b, t]]` (write_pos int32[B, T]; out-of-range slots are
+    dropped) and the layer then attends over its [B, S, K, H] slice. Only B*T slots are written, so with
+    the cache donated a decode step costs O(B*S) reads, not a rewrite of the [L, B, S, K, H] arrays.
+    Returns (y [B, T, D], updated (k, v) stack or None).
     """
     t = self.cfg.text
     dt, pdt = as_dtype(self.cfg.dtype), as_dtype(self.cfg.param_dtype)
@@ -70,34 +74,100 @@ class Attention(nn.Module):
     if kv_cache is not None:
       ck, cv = kv_cache
       rows = jnp.arange(x.shape[0])[:, None]
-      ck = ck.at[rows, write_pos].set(k.astype(ck.dtype), mode="drop")
-      cv = cv.at[rows, write_pos].set(v.astype(cv.dtype), mode="drop")
+      ck = ck.at[layer, rows, write_pos].set(k.astype(ck.dtype), mode="drop")
+      cv = cv.at[layer, rows, write_pos].set(v.astype(cv.dtype), mode="drop")
       new_cache = (ck, cv)
-      k, v = ck.astype(dt), cv.astype(dt)
-    out = dot_attention(q, k, v, mask, dt)
+    if kv_cache is not None and x.shape[1] == 1:
+      # decode step: only the blocks of the cache that hold some row's tokens are read
+      used = jnp.clip(jnp.max(write_pos) + 1, 1, ck.shape[2])
+      out = decode_attention(q, ck, cv, layer, mask, used, dt)
+    else:
+      if kv_cache is not None:
+        k, v = ck[layer].astype(dt), cv[layer].astype(dt)
+      out = dot_attention(q, k, v, mask, dt)
     out = checkpoint_name(out, "attn_out")
     y = Projection((d,), ("q_heads", "head_dim", "embed"), in_dims=2, dtype=dt, param_dtype=pdt, name="o_proj")(out)
     return y, new_cache
 
 
+DECODE_BLOCK = 256
+"""Cache slots per block of `decode_attention` (caches of at most this many slots are read in one go)."""
+
+
+def decode_attention(q, ck, cv, layer, mask, used, dtype, block: int = DECODE_BLOCK):
+  """`dot_attention` of one query per row over layer `layer` of a KV-cache stack, skipping unused slots.
+
+  Args:
+    q: [B, 1, N, H]; ck, cv: the cache stacks [L, B, S, K, H]; layer: int or int32 scalar.
+    mask: bool[B, 1, S]; used: int32 scalar, slots `>= used` are masked for every row (max length).
+    dtype: compute dtype (scores, softmax statistics and accumulation in float32).
+  Returns:
+    [B, 1, N, H].
+
+  The cache is read in blocks of `gcd(S, block)` slots, in a loop over only the `ceil(used / block)`
+  blocks that hold tokens, with the running-max (online) softmax, so a step's cost follows the longest
+  row, not the cache size S. Scores are laid out [B, S, K, G] so both contractions read the cache in its
+  stored [B, S, K, H] layout (`dot_attention`'s `bkgts` layout makes XLA copy k and v transposed first).
+  """
+  b, _, n, h = q.shape
+  _, _, s, kv, _ = ck.shape
+  qg = q.reshape(b, kv, n // kv, h)
+  scale = h ** -0.5
+  c = math.gcd(s, block)
+  if c >= s or c < 32:      # one block: plain softmax over the whole cache
+    k, v = ck[layer].astype(dtype), cv[layer].astype(dtype)
+    scores = jnp.einsum("bkgh,bskh->bskg", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, 0, :, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=1).astype(dtype)
+    return jnp.einsum("bskg,bskh->bkgh", probs, v).reshape(b, 1, n, h)
+
+  def body(i, carry):
+    m, l, acc = carry
+    start = i * c
+    k = jax.lax.dynamic_slice(ck, (layer, 0, start, 0, 0), (1, b, c, kv, h))[0].astype(dtype)
+    v = jax.lax.dynamic_slice(cv, (layer, 0, start, 0, 0), (1, b, c, kv, h))[0].astype(dtype)
+    valid = jax.lax.dynamic_slice_in_dim(mask[:, 0], start, c, axis=1)                  # [B, C]
+    sc = jnp.einsum("bkgh,bskh->bskg", qg, k, preferred_element_type=jnp.float32) * scale
+    sc = jnp.where(valid[:, :, None, None], sc, _MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(sc, axis=1))                                          # [B, K, G]
+    p = jnp.exp(sc - m_new[:, None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[..., None] + jnp.einsum("bskg,bskh->bkgh", p.astype(dtype), v,
+                                             preferred_element_type=jnp.float32)
+    return m_new, l * corr + jnp.sum(p, axis=1), acc
+
+  g = n // kv
+  init = (jnp.full((b, kv, g), _MASK_VALUE, jnp.float32), jnp.zeros((b, kv, g), jnp.float32),
+          jnp.zeros((b, kv, g, h), jnp.float32))
+  _, l, acc = jax.lax.fori_loop(0, (used + c - 1) // c, body, init)
+  return (acc / l[..., None]).astype(dtype).reshape(b, 1, n, h)
+
+
 class DecoderLayer(nn.Module):
-  """Pre-norm decoder block. Signature fits `nn.scan`: (carry x, *broadcast/scanned args) -> (x, cache)."""
+  """Pre-norm decoder block. Signature fits `nn.scan`: (carry, *broadcast/scanned args) -> (carry, None).
+
+  The carry is `x` [B, T, D] without a cache, or `(x, (k, v))` with the whole [L, B, S, K, H] cache stack,
+  so that under `nn.scan` the cache is one loop-carried buffer updated in place (as scanned xs/ys it
+  would be sliced and re-stacked, i.e. rewritten, at every call); `layer` is this block's index.
+  """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, kv_cache: KVCache = None, write_pos=None):
+  def __call__(self, carry, cos, sin, mask, layer=None, write_pos=None):
     t = self.cfg.text
     dt, pdt = as_dtype(self.cfg.dtype), as_dtype(self.cfg.param_dtype)
+    x, kv_cache = carry if isinstance(carry, tuple) else (carry, None)
     x = constrain(x, BTD)
     h = RMSNorm(t.rms_norm_eps, dt, pdt, name="input_layernorm")(x)
-    h, new_cache = Attention(self.cfg, name="self_attn")(h, cos, sin, mask, kv_cache, write_pos)
+    h, new_cache = Attention(self.cfg, name="self_attn")(h, cos, sin, mask, kv_cache, write_pos, layer)
     x = x + h
     h = RMSNorm(t.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
     x = x + SwiGLU(t.hidden_size, t.intermediate_size, "embed", "mlp",
                    ("activation_batch", "activation_length", "activation_mlp"), dtype=dt, param_dtype=pdt,
                    name="mlp")(h)
-    return constrain(x, BTD), new_cache
+    x = constrain(x, BTD)
+    return ((x, new_cache) if kv_cache is not None else x), None
 
 
 class LanguageModel(nn.Module):
@@ -126,7 +196,7 @@ class LanguageModel(nn.Module):
     """int32[B, T] -> [B, T, D] (compute dtype)."""
     return constrain(self.embed_tokens(input_ids), BTD)
 
-  def __call__(self, x, position_ids, mask, kv_cache=None, write_pos=None):
+  def __call__(self, x, position_ids, mask, kv_cache=None, write_pos=None, logits_index=None):
     """Decoder stack and head.
 
     Args:
@@ -134,21 +204,23 @@ class LanguageModel(nn.Module):
       position_ids: int32[3, B, T] M-RoPE ids.
       mask: bool[B, T, S].
       kv_cache: None or `(k, v)` each [L, B, S, K, H]; write_pos: int32[B, T] cache slots of the new tokens.
+      logits_index: None (logits at every position) or int32[B, J]: only positions `logits_index[b, j]` of
+        each row go through the final norm and the head (e.g. the last new token: J = 1).
     Returns:
-      (logits float32[B, T, V], updated cache `(k, v)` or None).
+      (logits float32[B, T, V] (or [B, J, V] with logits_index), updated cache `(k, v)` or None).
     """
     t = self.cfg.text
     cos, sin = rope_lib.mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section)
+    carry = x if kv_cache is None else (x, tuple(kv_cache))
     if self.cfg.scan_layers:
-      x, new_cache = self.layers(x, cos, sin, mask, kv_cache, write_pos)
+      layer_ids = jnp.arange(t.num_hidden_layers, dtype=jnp.int32)
+      carry, _ = self.layers(carry, cos, sin, mask, layer_ids, write_pos)
     else:
-      caches = []
       for i, layer in enumerate(self.layer_list):
-        layer_cache = None if kv_cache is None else (kv_cache[0][i], kv_cache[1][i])
-        x, c = layer(x, cos, sin, mask, layer_cache, write_pos)
-        caches.append(c)
-      new_cache = None if kv_cache is None else (jnp.stack([c[0] for c in caches]),
-                                                 jnp.stack([c[1] for c in caches]))
+        carry, _ = layer(carry, cos, sin, mask, i, write_pos)
+    x, new_cache = (carry, None) if kv_cache is None else carry
+    if logits_index is not None:
+      x = jnp.take_along_axis(x, logits_index[:, :, None].astype(jnp.int32), axis=1)
     x = self.norm(x)
     if t.tie_word_embeddings:
       logits = self.embed_tokens.attend(x)

@@ -46,16 +46,16 @@ class Qwen2_5_VL(nn.Module):
       self.visual = vision.VisionTower(self.cfg)
 
   def __call__(self, input_ids, position_ids, mask, image_index=None, pixel_values=None, vision_meta=None,
-               kv_cache=None, write_pos=None):
+               kv_cache=None, write_pos=None, logits_index=None):
     """Embeds tokens, scatters image features into `<|image_pad|>` slots, runs the decoder.
 
     Args:
       input_ids: int32[B, T]; position_ids: int32[3, B, T]; mask: bool[B, T, S].
       image_index: int32[B, T], row of the vision output for image tokens, -1 elsewhere.
       pixel_values: float32[P, patch_dim] or None; vision_meta: the vision tower's metadata.
-      kv_cache / write_pos: see `LanguageModel.__call__`.
+      kv_cache / write_pos / logits_index: see `LanguageModel.__call__`.
     Returns:
-      (logits float32[B, T, V], updated cache or None).
+      (logits float32[B, T, V] (or [B, J, V] with logits_index), updated cache or None).
     """
     x = self.language.embed(input_ids)
     if pixel_values is not None:
@@ -64,7 +64,7 @@ class Qwen2_5_VL(nn.Module):
       feats = self.visual(pixel_values, vision_meta).astype(x.dtype)    # [N, D]
       idx = jnp.maximum(image_index, 0)
       x = jnp.where((image_index >= 0)[..., None], jnp.take(feats, idx, axis=0), x)
-    return self.language(x, position_ids, mask, kv_cache, write_pos)
+    return self.language(x, position_ids, mask, kv_cache, write_pos, logits_index)
 
 
 def causal_mask(attention_mask: jax.Array) -> jax.Array:

@@ -111,9 +111,8 @@ def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(2, 5))
 def _extend_last(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits):
   """extend + logits of each row's last new token (rows with no new tokens keep `prev_logits`)."""
-  logits, cache = cache_lib.extend(cfg, params, cache, inputs, pixel_values)
+  last, cache = cache_lib.extend(cfg, params, cache, inputs, pixel_values, last_only=True)
   n = inputs["num_new"]
-  last = jnp.take_along_axis(logits, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
   return jnp.where((n > 0)[:, None], last, prev_logits), cache
 
 
