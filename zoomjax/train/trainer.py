@@ -255,7 +255,7 @@ def run_loop(setup: Setup, state: TrainState, stream, ckpt: checkpoint.Checkpoin
   t_last, steps_since, tokens_since = None, 0, 0.0
   step_flops = None
   compile_s = None
-  metrics = None
+  skipped_seen = 0
   try:
     for host_batch in stream:
       if step >= cfg.steps:
@@ -291,9 +291,11 @@ def run_loop(setup: Setup, state: TrainState, stream, ckpt: checkpoint.Checkpoin
           t_last, steps_since, tokens_since = now, 0, 0.0
         if getattr(stream, "skipped", 0):
           m["examples_skipped"] = stream.skipped
-        if m.get("skipped"):
-          logger.write(f"step {step}: non-finite loss/gradient (loss={m['loss']}, grad_norm={m['grad_norm']}); "
-                       f"update skipped ({int(m['skipped_total'])} so far)")
+        if m["skipped_total"] > skipped_seen:
+          logger.write(f"step {step}: {int(m['skipped_total']) - skipped_seen} step(s) since the last log had a "
+                       f"non-finite loss or gradient and were not applied ({int(m['skipped_total'])} in total; "
+                       f"this step: loss={m['loss']}, grad_norm={m['grad_norm']})")
+          skipped_seen = int(m["skipped_total"])
         logger.log(step, m)
         info["last"] = m
         info.setdefault("first_loss", m["loss"])
