@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -85,26 +84,5 @@ def logical_rules(overrides: Mapping[str, Any] | None = None, base: Rules | None
   return tuple(table.items())
 
 
-def logical_specs(boxed_tree: Any) -> Any:
-  """Logical `PartitionSpec` per leaf of a tree holding `nn.LogicallyPartitioned` boxes (abstract ok)."""
-  return nn.get_partition_spec(boxed_tree)
-
-
-def shardings_from_logical(specs: Any, mesh: Mesh, rules: Rules) -> Any:
-  """Logical PartitionSpecs -> `NamedSharding`s on `mesh` via `rules`."""
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-def batch_spec(ndim: int, batch_dim: int) -> P:
-  """A spec that shards dimension `batch_dim` over `("data", "fsdp")` and replicates the rest."""
-  parts: list[Any] = [None] * ndim
-  parts[batch_dim] = BATCH_AXES
-  return P(*parts)
-
-
-def batch_size_divisor(mesh: Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]

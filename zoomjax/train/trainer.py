@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import time
@@ -26,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from zoomjax.train import batching, checkpoint, flops, mesh as mesh_lib
-from zoomjax.train.config import ConfigError, TrainConfig, save_config, to_dict
+from zoomjax.train.config import ConfigError, TrainConfig, save_config
 from zoomjax.train.logger import MetricsLogger
 from zoomjax.train.loss import masked_xent
 from zoomjax.train.optim import make_optimizer, trainable_labels
@@ -65,7 +64,7 @@ def build_model_config(cfg: TrainConfig, vocab_size: int | None = None, special_
   """The `ModelConfig` of the run: a preset with `model.text` / `model.vision` overrides, or `hf_dir`.
 
   `vocab_size` / `special_ids` (from a trained tokenizer) size the tiny preset's vocabulary."""
-  from zoomjax.model.config import ConfigError as ModelConfigError, ModelConfig, TextConfig, VisionConfig
+  from zoomjax.model.config import ConfigError as ModelConfigError, ModelConfig
   ms = cfg.model
   runtime = dict(scan_layers=ms.scan_layers, remat_policy=ms.remat_policy, dtype=ms.dtype,
                  param_dtype=ms.param_dtype)
