@@ -236,6 +236,7 @@ def test_long_cache_decodes_like_a_short_one_in_place(ref):
   """A session sized for 2000 tokens (its decode attention reads only the used blocks) generates what a
   64-token session does, and its compiled decode loop updates the donated cache in place (no temporary
   the size of a cache array)."""
+  from zoomjax.model import cache as cache_lib
   cfg, params, _ = ref
   rs = np.random.RandomState(9)
   im, toks = _image(cfg, rs, [1, 8, 8])
@@ -248,9 +249,59 @@ def test_long_cache_decodes_like_a_short_one_in_place(ref):
   for a, b in zip(*outs):
     assert a.tokens == b.tokens
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
-  cache = sess._cache
+  cache = cache_lib.init_cache(cfg, 2, 8192)   # large next to the loop's own buffers (tokens, logits)
   mem = G._decode_loop.lower(params, cache, sess._logits, jnp.full((2,), 16, jnp.int32), jax.random.key(0),
                              cfg=cfg, sampling=GREEDY, stop_ids=(), n_max=16, processor=None
                              ).compile().memory_analysis()
   assert mem.alias_size_in_bytes >= 2 * cache["k"].nbytes
   assert mem.temp_size_in_bytes < cache["k"].nbytes // 4, (mem.temp_size_in_bytes, cache["k"].nbytes)
+
+
+def _nucleus_by_sorting(x, p):
+  """The top-p rule by a full sort (numpy, float64 sums): keep the sorted prefix whose mass before each
+  token is <= p (at least one), then every token tied with the last kept one."""
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max())
+  probs = e / e.sum()
+  order = np.argsort(-x, kind="stable")
+  before = np.cumsum(probs[order]) - probs[order]
+  n_keep = max(1, int((before <= p).sum()))
+  return x >= x[order[n_keep - 1]]
+
+
+def test_nucleus_mask_equals_the_sorted_rule():
+  rs = np.random.RandomState(10)
+  rows = [rs.randn(300) * 3, np.round(rs.randn(300) * 2) / 2, rs.randn(300) * 0.01]   # spread / ties / flat
+  peaked = rs.randn(300)
+  peaked[7] = 40.0
+  rows.append(peaked)
+  masked = rs.randn(300) * 2
+  masked[rs.rand(300) < 0.9] = -np.inf                                                # after a top-k
+  rows.append(masked)
+  x = np.stack(rows).astype(np.float32)
+  for p in (1e-6, 0.1, 0.37, 0.8, 0.9, 0.95, 0.999):
+    got = np.asarray(G.nucleus_mask(jnp.asarray(x), p))
+    for r in range(len(rows)):
+      want = _nucleus_by_sorting(x[r], p)
+      assert (got[r] == want).all(), (p, r, got[r].sum(), want.sum())
+
+
+def test_top_k_argmax_and_categorical_match_their_definitions():
+  rs = np.random.RandomState(11)
+  x = np.stack([rs.randn(300) * 3, np.round(rs.randn(300) * 2) / 2, np.full(300, 1.5)]).astype(np.float32)
+  for k in (1, 2, 5, 50, 299):
+    want = x >= np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0])[:, -1:]
+    np.testing.assert_array_equal(np.asarray(G.top_k_mask(jnp.asarray(x), k)), want)
+  np.testing.assert_array_equal(np.asarray(G.argmax_first(jnp.asarray(x))), np.argmax(x, -1))  # ties: first
+  # inverse-CDF draws: frequencies follow softmax, -inf tokens are never drawn (also at the ends of the row)
+  logits = np.full((2, 40), -np.inf, np.float32)
+  logits[0, :7] = rs.randn(7)
+  logits[1, 33:] = rs.randn(7)
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: G.categorical(k, jnp.asarray(logits))))(
+      jax.random.split(jax.random.key(1), 40000)))
+  for r, live in ((0, slice(0, 7)), (1, slice(33, 40))):
+    p = np.exp(logits[r, live] - logits[r, live].max())
+    p /= p.sum()
+    freq = np.bincount(draws[:, r], minlength=40) / len(draws)
+    assert freq[np.isinf(logits[r])].sum() == 0
+    assert np.abs(freq[live] - p).max() < 0.01
