@@ -1,7 +1,7 @@
 """Decode throughput: zoomjax's KV-cache generator vs transformers `generate`, same small Qwen2.5-VL, one process.
 
     python benchmarks/bench_decode.py [--new-tokens 64] [--batches 1 8] [--rounds 3] [--vocab 32000]
-                                     [--torch-threads N]
+                                     [--torch-threads N] [--top-p P] [--cache-lens 256 2048]
 
 Config `small` (default): the language model of `bench_forward.py` (4 layers x 512 hidden, 8 heads / 2 KV heads, head_dim 64,
 MLP 1376, vocab 32000, tied) with a 2-block ViT; every prompt is 48 text tokens around one 224x224 image
@@ -15,6 +15,12 @@ Decode throughput excludes the prefill on both sides: for each implementation an
 zoomjax's programs). zoomjax: `Session.append` + `Session.generate` (jitted extend, decode in one
 `lax.while_loop`). transformers: `model.generate(do_sample=False, eos_token_id=None)` with its default
 dynamic cache. The two greedy outputs are compared token for token as a sanity check.
+
+`--top-p P`: sample instead (temperature 1, nucleus P, no top-k) on both sides (`do_sample=True, top_p=P,
+top_k=0`); the outputs then differ by construction and are not compared.
+`--cache-lens L ...`: a second table, zoomjax only: decode throughput of the same prompts with the session
+(KV cache) sized for L tokens, to show that a decode step's cost follows the rows' lengths, not the cache
+size.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ def main(argv=None) -> int:
   p.add_argument("--vocab", type=int, default=32000)
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+  p.add_argument("--top-p", type=float, default=None, help="sample (temperature 1, nucleus P) instead of greedy")
+  p.add_argument("--cache-lens", type=int, nargs="*", default=[],
+                 help="also time zoomjax alone with the KV cache sized for these many tokens")
   args = p.parse_args(argv)
 
   import jax
@@ -63,7 +72,7 @@ def main(argv=None) -> int:
 
   from zoomjax import hf
   from zoomjax.model import reference as ref_lib
-  from zoomjax.rollout.generate import GREEDY, Generator, ImageInput
+  from zoomjax.rollout.generate import GREEDY, Generator, ImageInput, Sampling
 
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
@@ -87,11 +96,15 @@ def main(argv=None) -> int:
       ims.append([ImageInput(rs.randn(side * side, cfg.vision.patch_dim).astype(np.float32), grid)])
     return rows, ims
 
-  def run_jax(rows, ims, k):
-    sess = gen.session(len(rows), len(rows[0]) + n + 8)
+  sampling = GREEDY if args.top_p is None else Sampling(temperature=1.0, top_p=args.top_p)
+  sample_kw = (dict(do_sample=False) if args.top_p is None
+               else dict(do_sample=True, temperature=1.0, top_p=args.top_p, top_k=0))
+
+  def run_jax(rows, ims, k, max_len=None):
+    sess = gen.session(len(rows), max_len or len(rows[0]) + n + 8)
     t0 = time.perf_counter()
     sess.append(rows, ims)
-    outs = sess.generate(k, GREEDY)
+    outs = sess.generate(k, sampling)
     toks = [o.tokens for o in outs]
     return time.perf_counter() - t0, toks
 
@@ -103,7 +116,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
       out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, image_grid_thw=g,
                            mm_token_type_ids=(ids == cfg.image_token_id).to(torch.int32), max_new_tokens=k,
-                           min_new_tokens=k, do_sample=False, eos_token_id=None, pad_token_id=cfg.pad_token_id)
+                           min_new_tokens=k, eos_token_id=None, pad_token_id=cfg.pad_token_id, **sample_kw)
     return time.perf_counter() - t0, out[:, ids.shape[1]:].tolist()
 
   results = []
@@ -126,16 +139,40 @@ def main(argv=None) -> int:
     results.append((b, b * (n - 1) / jd, b * (n - 1) / td, statistics.median(tj[1]), statistics.median(tt[1]),
                     same))
 
+  by_len = []
+  for b in args.batches if args.cache_lens else ():
+    rows, ims = prompts(b)
+    for m in args.cache_lens:
+      run_jax(rows, ims, n, m)
+      run_jax(rows, ims, 1, m)
+    tl = {(m, k): [] for m in args.cache_lens for k in (1, n)}
+    for _ in range(args.rounds):
+      for m in args.cache_lens:
+        for k in (1, n):
+          tl[m, k].append(run_jax(rows, ims, k, m)[0])
+    for m in args.cache_lens:
+      jd = statistics.median(tl[m, n]) - statistics.median(tl[m, 1])
+      by_len.append((b, m, gen.session(b, m)._s, b * (n - 1) / jd, jd / (n - 1)))
+
   t = cfg.text
+  mode = "greedy" if args.top_p is None else f"sampled (temperature 1, top-p {args.top_p})"
   print(f"# decode throughput: {args.config} config, LM {t.num_hidden_layers}x{t.hidden_size} (vocab {t.vocab_size}), prompt 48 text + {n_img} image tokens, "
-        f"{n} new tokens, greedy, fp32")
+        f"{n} new tokens, {mode}, fp32")
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
   print("| batch | zoomjax tokens/s | transformers tokens/s | speed-up | prefill+1 ms (zoomjax / transformers) "
         "| identical rows |")
   print("|---:|---:|---:|---:|---:|---:|")
   for b, j, t, pj, pt, same in results:
-    print(f"| {b} | {j:.0f} | {t:.0f} | {j / t:.2f}x | {pj * 1e3:.0f} / {pt * 1e3:.0f} | {same}/{b} |")
+    ident = f"{same}/{b}" if args.top_p is None else "n/a (sampled)"
+    print(f"| {b} | {j:.0f} | {t:.0f} | {j / t:.2f}x | {pj * 1e3:.0f} / {pt * 1e3:.0f} | {ident} |")
+  if by_len:
+    print()
+    print(f"# zoomjax alone, KV cache sized for L tokens (rows hold {len(prompts(1)[0][0])} + up to {n})")
+    print("| batch | L | cache slots | tokens/s | ms per decode step |")
+    print("|---:|---:|---:|---:|---:|")
+    for b, m, slots, tps, step in by_len:
+      print(f"| {b} | {m} | {slots} | {tps:.0f} | {step * 1e3:.2f} |")
   return 0
 
 
