@@ -190,3 +190,20 @@ def test_batch_size_not_divisible_by_pieces_is_a_config_error():
   setup = make_setup(mesh_args=("mesh.data=8",))
   with pytest.raises(ConfigError, match="data.batch_size: 12 must be divisible"):
     make_stream(Data(train=[0] * 10), [0] * 10, ModelConfig.tiny(), setup.mesh, 12, 1, 8, 0, True, 0)
+
+
+def test_flops_count_by_hand_and_peak_table():
+  from types import SimpleNamespace
+  from zoomjax.model.config import ModelConfig
+  from zoomjax.train import flops
+  cfg = ModelConfig.tiny()  # LM: d=64, ff=128, 2 layers, 4 q / 2 kv heads of 16, vocab 512
+  # per token, forward: q/k/v/o 2*(64*(64+32+32) + 64*64), MLP 2*3*64*128, attention 2*2*64*(32/2), head 2*64*512
+  per_layer = 2 * (64 * 128 + 64 * 64) + 2 * 3 * 64 * 128 + 2 * 2 * 64 * 16
+  per_token = 2 * per_layer + 2 * 64 * 512
+  assert flops.lm_flops_per_token(cfg, 32) == per_token
+  assert flops.step_flops(cfg, 2, 32) == 3 * 2 * 32 * per_token
+  with_vision = flops.step_flops(cfg, 2, 32, num_patches=32, patches_per_image=16)
+  frozen = flops.step_flops(cfg, 2, 32, num_patches=32, patches_per_image=16, freeze_vision=True)
+  assert with_vision > frozen > flops.step_flops(cfg, 2, 32)
+  assert flops.device_peak_flops(SimpleNamespace(device_kind="TPU v5 lite", platform="tpu"))[0] == 197e12
+  assert flops.device_peak_flops(SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", platform="gpu"))[0] == 989e12
