@@ -25,9 +25,11 @@ KV cache (zoomjax.model.cache; the generator's API)
         `rope_deltas`, the image gather index and the vision metadata of the new images
         (`inputs["image_grid_thw"]` says which images' pixel_values to pass, in order).
     logits, cache = extend_jit(cfg, params, cache, inputs, pixel_values=None)     float32[B, Tn, V]
-        prefill, or a continuation with text and new images; cache donated.
+        prefill, or a continuation with text and new images; cache donated. `last_only=True`: only each
+        row's last new token, float32[B, V] (what generation needs; the head runs on B positions).
     logits, cache = decode_jit(cfg, params, cache, tokens, active=None)           float32[B, V]
-        one text token per row at M-RoPE position length[b] + rope_deltas[b]; cache donated.
+        one text token per row at M-RoPE position length[b] + rope_deltas[b]; cache donated and updated
+        in place (B slots written per layer; attention reads only the cache blocks up to the longest row).
 """
 
 from __future__ import annotations

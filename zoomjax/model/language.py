@@ -100,7 +100,7 @@ def decode_attention(q, ck, cv, layer, mask, used, dtype, block: int = DECODE_BL
   Args:
     q: [B, 1, N, H]; ck, cv: the cache stacks [L, B, S, K, H]; layer: int or int32 scalar.
     mask: bool[B, 1, S]; used: int32 scalar, slots `>= used` are masked for every row (max length).
-    dtype: compute dtype (scores, softmax statistics and accumulation in float32).
+    dtype: compute dtype (scores and softmax statistics in float32, as `dot_attention`).
   Returns:
     [B, 1, N, H].
 

@@ -12,9 +12,10 @@ slot 0, M-RoPE `rope_deltas` kept in the cache). Everything here calls those pur
 jits, with the params as an argument and the cache donated:
 
 * `_extend_last` (prefill / continuation): `extend` on the new tokens of every row (right-padded to a
-  bucketed length `Tn`, images' patches padded to a bucketed count), then the logits of each row's last
-  new token. Positions of the new tokens come from the row's full history (`prepare_extend`), so a
-  continuation after appended text + images gets the ids a fresh prefill of the whole sequence would.
+  bucketed length `Tn`, images' patches padded to a bucketed count) with `last_only=True`: the final norm
+  and the head run on each row's last new token only. Positions of the new tokens come from the row's
+  full history (`prepare_extend`), so a continuation after appended text + images gets the ids a fresh
+  prefill of the whole sequence would.
 * `_decode_loop`: `lax.while_loop` over at most `n_max` (bucketed) steps; each step samples one token per
   live row from the current logits, records it and its log-prob, and feeds it through `decode`
   (positions `length + rope_deltas`). A row stops at a stop token (kept, fed to the cache) or at its own
