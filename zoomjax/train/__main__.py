@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from zoomjax.train.config import ConfigError, load_config, to_dict
 
@@ -42,6 +43,14 @@ def _set_cpu_devices(n: int) -> None:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def _exit(code: int) -> None:
+  """Leaves at once: background threads (data prefetch, async checkpoint writers) must not keep a failed
+  run alive."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
@@ -59,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(cfg)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
-    return 2
+    _exit(2)
+  except BaseException:  # noqa: BLE001  report, then exit even if a data/checkpoint thread is still alive
+    traceback.print_exc()
+    _exit(1)
   import jax
   if jax.process_index() == 0:
     report(summary)

@@ -338,11 +338,25 @@ def train(cfg: TrainConfig, data=None) -> dict:
   ckpt = checkpoint.Checkpointer(cfg.path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
   stream = sources.train_stream(cfg, data, model_cfg, mesh)
+  try:
+    summary = _train(cfg, setup, model_cfg, data, ckpt, stream, run_dir)
+  finally:
+    stream.close()
+    ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(run_dir, "summary.json"), "w") as fh:
+      json.dump(summary, fh, indent=1, default=str)
+  return summary
+
+
+def _train(cfg, setup, model_cfg, data, ckpt, stream, run_dir) -> dict:
+  """Restore or initialize, train, evaluate, export (the body of `train`)."""
+  from zoomjax.train import sources
   start = 0
   with mesh_ctx(setup):
     latest = ckpt.latest_step() if cfg.checkpoint.resume else None
     if latest is not None:
-      state, data_state, meta = ckpt.restore(setup.abstract_state, latest)
+      state, data_state, _ = ckpt.restore(setup.abstract_state, latest)
       stream.set_state(data_state)
       start = int(latest)
       logging.info("resumed from %s step %d", ckpt.directory, start)
@@ -355,36 +369,30 @@ def train(cfg: TrainConfig, data=None) -> dict:
       state = init_train_state(setup, params_fn)
     logger = MetricsLogger(run_dir, cfg.steps, start, progress=cfg.log.progress,
                            tensorboard=cfg.log.tensorboard, jsonl=cfg.log.jsonl)
-    if start:
-      logger.write(f"resumed from step {start} ({ckpt.directory})")
-    eval_fn = sources.make_eval_fn(cfg, data, model_cfg, setup) if cfg.eval.batches else None
     try:
+      if start:
+        logger.write(f"resumed from step {start} ({ckpt.directory})")
+      eval_fn = sources.make_eval_fn(cfg, data, model_cfg, setup) if cfg.eval.batches else None
       state, info = run_loop(setup, state, stream, ckpt, logger, eval_fn, start, data.patches_per_image)
+      summary: dict[str, Any] = {"run_dir": run_dir, "checkpoints": ckpt.directory, **info,
+                                 "metrics": logger.jsonl_path, "tensorboard": logger.tb_dir}
+      if not info["preempted"]:
+        if eval_fn is not None:
+          summary["eval"] = eval_fn(state.params, info["final_step"])
+          logger.log(info["final_step"], summary["eval"], split="eval")
+        if cfg.checkpoint.export_params:
+          summary["params"] = checkpoint.export_params(
+              cfg.path(cfg.checkpoint.export_dir), state.params,
+              {"model_config": model_cfg.to_hf_dict(), "scan_layers": model_cfg.scan_layers,
+               "param_dtype": model_cfg.param_dtype, "step": info["final_step"]})
+        if cfg.checkpoint.export_hf:
+          from zoomjax import hf
+          hf_out = os.path.join(run_dir, "hf")
+          hf.save(hf_out, model_cfg, state.params)
+          summary["hf"] = hf_out
+        summary.update(sources.finish(cfg, data, model_cfg, state.params, run_dir))
     finally:
-      stream.close()
-    summary: dict[str, Any] = {"run_dir": run_dir, "checkpoints": ckpt.directory, **info}
-    if not info["preempted"]:
-      if eval_fn is not None:
-        summary["eval"] = eval_fn(state.params, info["final_step"])
-        logger.log(info["final_step"], summary["eval"], split="eval")
-      if cfg.checkpoint.export_params:
-        summary["params"] = checkpoint.export_params(
-            cfg.path(cfg.checkpoint.export_dir), state.params,
-            {"model_config": model_cfg.to_hf_dict(), "scan_layers": model_cfg.scan_layers,
-             "param_dtype": model_cfg.param_dtype, "step": info["final_step"]})
-      if cfg.checkpoint.export_hf:
-        from zoomjax import hf
-        hf_out = os.path.join(run_dir, "hf")
-        hf.save(hf_out, model_cfg, state.params)
-        summary["hf"] = hf_out
-      summary.update(sources.finish(cfg, data, model_cfg, state.params, run_dir))
-    logger.close()
-  ckpt.close()
-  summary["metrics"] = logger.jsonl_path
-  summary["tensorboard"] = logger.tb_dir
-  if jax.process_index() == 0:
-    with open(os.path.join(run_dir, "summary.json"), "w") as fh:
-      json.dump(summary, fh, indent=1, default=str)
+      logger.close()
   return summary
 
 
