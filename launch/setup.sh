@@ -27,3 +27,10 @@ if [ -z "$wn_nltk" ] && { [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/s
 fi
 "$PY" -c "from zoomjax.rl.wordnet import ensure_wordnet; ensure_wordnet(allow_download=False)" \
   || echo "setup.sh: warning: WordNet is not available yet (the answer judge will say how to fix it)" >&2
+# Test set-up only: libtpu (jax's pin for its `tpu` extra) into ~/.cache/zoomjax, kept out of the CPU
+# environment, for the ahead-of-time compile of the 3B step for a TPU topology (tests/test_train_aot.py).
+# Fetched here so that the tests themselves never touch the network.
+if [ "${1:-}" = "--test" ]; then
+  "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from aot_compile_3b import ensure_libtpu; ensure_libtpu()" \
+    || echo "setup.sh: warning: could not fetch libtpu (the TPU AOT-compile test will fail)" >&2
+fi
