@@ -57,7 +57,6 @@ def test_cli_help():
 def test_run_cli_with_a_tiny_model(tmp_path):
   """`python -m zoomjax.eval run` end to end: a random tiny model + Toy Earth tokenizer in an HF dir,
   three questions (one image missing), then a rerun that has nothing left to do."""
-  pytest.importorskip("zoomjax.rollout.loop")
   import jax
   import numpy as np
   from PIL import Image

@@ -16,14 +16,6 @@ from zoomjax.model.config import ModelConfig, TextConfig, VisionConfig
 TOL = 1e-4
 
 
-def _has_vision() -> bool:
-  from zoomjax.model.qwen2_5_vl import _vision_module
-  return _vision_module() is not None
-
-
-needs_vision = pytest.mark.skipif(not _has_vision(), reason="zoomjax.model.vision.VisionTower not available")
-
-
 def _configs() -> dict[str, ModelConfig]:
   base = ModelConfig.tiny()
   # GQA ratio 1, untied head, 3 layers, 112-px windows; unrolled layers.
@@ -97,7 +89,6 @@ def test_text_only_parity(loaded):
     np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
 
 
-@needs_vision
 def test_multimodal_parity(loaded):
   cfg, got_cfg, params, model, _ = loaded
   ids, mask, pixels, grids = _batch(cfg)
@@ -112,8 +103,6 @@ def test_scanned_equals_unrolled(loaded):
   other_cfg, other = hf.load(d, scan_layers=not cfg.scan_layers)
   assert other_cfg.scan_layers != got_cfg.scan_layers
   ids, mask, pixels, grids = _batch(cfg, seed=3)
-  if not _has_vision():
-    pixels = grids = None
   a = np.asarray(forward(got_cfg, params, ids, pixels, grids, mask))
   b = np.asarray(forward(other_cfg, other, ids, pixels, grids, mask))
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -229,11 +229,8 @@ def load(hf_dir: str | os.PathLike, dtype: Any = jnp.float32, *, shardings: Any 
     target = flat_shard.get(path)
     _set_path(params, path, jax.device_put(host, target) if target is not None else jnp.asarray(host))
     del host
-  from zoomjax.model.qwen2_5_vl import _vision_module
   skip = ("lm_head.weight",) if cfg.text.tie_word_embeddings else ()
-  no_vision = _vision_module() is None  # text-only build: vision tensors are not loaded
-  extra = sorted(k for k in reader.key_file if k not in used and _canonical(k) not in skip
-                 and not (no_vision and _canonical(k).startswith("visual.")))
+  extra = sorted(k for k in reader.key_file if k not in used and _canonical(k) not in skip)
   if extra:
     hint = ""
     layer_ids = {int(m.group(2)) for k in extra if (m := _LAYER_RE.match(_canonical(k)))}

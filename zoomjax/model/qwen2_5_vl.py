@@ -22,16 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoomjax.model.config import ModelConfig
+from zoomjax.model import vision
 from zoomjax.model.language import LanguageModel, language_leaf_table
 from zoomjax.model.leaves import LeafTable
-
-
-def _vision_module():
-  try:
-    from zoomjax.model import vision
-  except ImportError:  # the tower is optional until it lands; text-only use needs no vision params
-    return None
-  return vision if hasattr(vision, "VisionTower") else None
 
 
 class Qwen2_5_VL(nn.Module):
@@ -41,9 +34,7 @@ class Qwen2_5_VL(nn.Module):
 
   def setup(self):
     self.language = LanguageModel(self.cfg)
-    vision = _vision_module()
-    if vision is not None:
-      self.visual = vision.VisionTower(self.cfg)
+    self.visual = vision.VisionTower(self.cfg)
 
   def __call__(self, input_ids, position_ids, mask, image_index=None, pixel_values=None, vision_meta=None,
                kv_cache=None, write_pos=None, logits_index=None):
@@ -59,8 +50,6 @@ class Qwen2_5_VL(nn.Module):
     """
     x = self.language.embed(input_ids)
     if pixel_values is not None:
-      if not hasattr(self, "visual"):
-        raise RuntimeError("pixel_values given but zoomjax.model.vision.VisionTower is not available")
       feats = self.visual(pixel_values, vision_meta).astype(x.dtype)    # [N, D]
       idx = jnp.maximum(image_index, 0)
       x = jnp.where((image_index >= 0)[..., None], jnp.take(feats, idx, axis=0), x)
@@ -85,9 +74,6 @@ def apply(cfg: ModelConfig, params: Any, inputs: dict[str, Any], pixel_values=No
 
 def _dummy_image(cfg: ModelConfig):
   """A 1-image (1, 2m, 2m) dummy input that touches every vision parameter at init."""
-  vision = _vision_module()
-  if vision is None:
-    return None, None, None
   m = cfg.vision.spatial_merge_size
   grid = np.array([[1, 2 * m, 2 * m]], np.int32)
   meta = vision.vision_metadata(cfg.vision, grid)
@@ -122,11 +108,9 @@ def abstract_params(cfg: ModelConfig) -> Any:
 
 
 def leaf_table(cfg: ModelConfig) -> LeafTable:
-  """{full param path: LeafSource} for the whole model (language, plus visual when available)."""
+  """{full param path: LeafSource} for the whole model (language and visual)."""
   table = {("language", *k): v for k, v in language_leaf_table(cfg).items()}
-  vision = _vision_module()
-  if vision is not None:
-    table.update({("visual", *k): v for k, v in vision.vision_leaf_table(cfg).items()})
+  table.update({("visual", *k): v for k, v in vision.vision_leaf_table(cfg).items()})
   return table
 
 
