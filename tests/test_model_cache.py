@@ -55,6 +55,19 @@ def _greedy_text(logits, cfg):
   return np.asarray(logits)[..., : cfg.text.vocab_size - 16].argmax(-1)  # stay clear of special ids
 
 
+def _decode_greedy(cfg, params, cache, hists, seen, nxt, steps):
+  """Feeds `nxt` back `steps` times through `decode_jit`, recording each row's logits in `seen` and its
+  tokens in `hists`. Returns (next greedy tokens, cache)."""
+  for _ in range(steps):
+    for r in range(len(hists)):
+      hists[r].append(int(nxt[r]))
+    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
+    for r in range(len(hists)):
+      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
+    nxt = _greedy_text(step, cfg)
+  return nxt, cache
+
+
 def test_prefill_decode_text_rows_of_different_lengths(model):
   cfg, params = model
   rs = np.random.RandomState(0)
@@ -65,13 +78,7 @@ def test_prefill_decode_text_rows_of_different_lengths(model):
   seen = [[(p, np.asarray(logits[r, p])) for p in range(len(hists[r]))] for r in range(2)]
   np.testing.assert_array_equal(np.asarray(cache["length"]), [9, 4])
   nxt = _greedy_text(logits[np.arange(2), [8, 3]], cfg)
-  for _ in range(3):
-    for r in range(2):
-      hists[r].append(int(nxt[r]))
-    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
-    for r in range(2):
-      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
-    nxt = _greedy_text(step, cfg)
+  nxt, cache = _decode_greedy(cfg, params, cache, hists, seen, nxt, 3)
   _check(cfg, params, hists, [[], []], [[], []], cache, seen)
 
 
@@ -90,13 +97,7 @@ def test_prefill_with_image_then_continuation_with_new_image(scanned_model):
   logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs, p0)
   seen = [[(p, np.asarray(logits[r, p])) for p in range(len(hists[r]))] for r in range(2)]
   nxt = _greedy_text(logits[np.arange(2), [len(h) - 1 for h in hists]], cfg)
-  for _ in range(2):
-    for r in range(2):
-      hists[r].append(int(nxt[r]))
-    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
-    for r in range(2):
-      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
-    nxt = _greedy_text(step, cfg)
+  nxt, cache = _decode_greedy(cfg, params, cache, hists, seen, nxt, 2)
   # continuation: row 0 gets text + a new image + text (mid-sequence, the crop-and-zoom turn),
   # row 1 gets text + its first image.
   cached = [len(h) for h in hists]
@@ -112,13 +113,7 @@ def test_prefill_with_image_then_continuation_with_new_image(scanned_model):
       seen[r].append((cached[r] + i, np.asarray(logits[r, i])))
   np.testing.assert_array_equal(np.asarray(cache["rope_deltas"]), inputs["rope_deltas"])
   nxt = _greedy_text(logits[np.arange(2), [len(hists[r]) - cached[r] - 1 for r in range(2)]], cfg)
-  for _ in range(2):
-    for r in range(2):
-      hists[r].append(int(nxt[r]))
-    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
-    for r in range(2):
-      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
-    nxt = _greedy_text(step, cfg)
+  nxt, cache = _decode_greedy(cfg, params, cache, hists, seen, nxt, 2)
   _check(cfg, params, hists, pix, grids, cache, seen)
 
 
@@ -162,13 +157,7 @@ def test_decode_across_attention_blocks_of_a_long_cache(model):
   logits, cache = cache_lib.extend_jit(cfg, params, cache, inputs, last_only=True)
   seen = [[(len(h) - 1, np.asarray(logits[r]))] for r, h in enumerate(hists)]
   nxt = _greedy_text(logits, cfg)
-  for _ in range(4):
-    for r in range(2):
-      hists[r].append(int(nxt[r]))
-    step, cache = cache_lib.decode_jit(cfg, params, cache, np.asarray(nxt, np.int32))
-    for r in range(2):
-      seen[r].append((len(hists[r]) - 1, np.asarray(step[r])))
-    nxt = _greedy_text(step, cfg)
+  nxt, cache = _decode_greedy(cfg, params, cache, hists, seen, nxt, 4)
   assert len(hists[0]) > DECODE_BLOCK
   _check(cfg, params, hists, [[], []], [[], []], cache, seen)
 
