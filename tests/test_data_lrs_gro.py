@@ -2,7 +2,6 @@
 
 import collections
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,10 +10,10 @@ from PIL import Image
 from zoomjax.data import lrs_gro as L
 from zoomjax.data import pipeline as PL
 
-RL_JSONL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lrs_gro", "rl.jsonl")
-if not os.path.exists(RL_JSONL):
-  RL_JSONL = "/work/shared/data/lrs_gro/rl.jsonl"
-pytestmark = pytest.mark.skipif(not os.path.exists(RL_JSONL), reason="LRS-GRO rl.jsonl not available")
+from _shared import find_shared
+
+RL_JSONL = str(find_shared("data", "lrs_gro", "rl.jsonl") or "")
+pytestmark = pytest.mark.skipif(not RL_JSONL, reason="shared LRS-GRO rl.jsonl not available (set ZOOMJAX_SHARED)")
 
 
 def image_size_for(name: str) -> tuple[int, int]:

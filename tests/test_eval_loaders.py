@@ -1,6 +1,5 @@
 """Benchmark loaders on the format samples (../shared/data/formats) and on malformed rows."""
 import json
-import os
 import pathlib
 
 import pytest
@@ -8,14 +7,11 @@ import pytest
 from zoomjax.eval import loaders
 from zoomjax.eval.score import judge_answer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from _shared import shared_path
 
 
 def _formats() -> pathlib.Path:
-  for base in (os.environ.get("ZOOMJAX_SHARED"), REPO.parent / "shared", REPO / "shared"):
-    if base and (pathlib.Path(base) / "data/formats").is_dir():
-      return pathlib.Path(base) / "data/formats"
-  pytest.skip("the shared format samples are not next to this checkout (set ZOOMJAX_SHARED)")
+  return shared_path("data", "formats")
 
 
 def test_lrs_vqa_sample():

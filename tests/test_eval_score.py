@@ -1,7 +1,6 @@
 """`python -m zoomjax.eval score` on the real LRS-GRO RL split with a seeded synthetic predictions file,
 checked against an independent computation of accuracy, APO IoU and the crop statistics."""
 import json
-import os
 import pathlib
 import random
 import subprocess
@@ -11,14 +10,11 @@ import pytest
 
 from zoomjax.eval import score as score_mod
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from _shared import REPO, shared_path
 
 
 def _shared_rl() -> pathlib.Path:
-  for base in (os.environ.get("ZOOMJAX_SHARED"), REPO.parent / "shared", REPO / "shared"):
-    if base and (pathlib.Path(base) / "data/lrs_gro/rl.jsonl").exists():
-      return pathlib.Path(base) / "data/lrs_gro/rl.jsonl"
-  pytest.skip("the shared LRS-GRO rl.jsonl is not next to this checkout (set ZOOMJAX_SHARED)")
+  return shared_path("data", "lrs_gro", "rl.jsonl")
 
 
 def ref_iou(a, b):
