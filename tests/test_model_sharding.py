@@ -1,5 +1,4 @@
 """Logical axes on every param, sharded forward == unsharded, remat policies, bf16 compute, jit caching."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from zoomjax.rollout import protocol as P
-from zoomjax.rollout.tools import (CropAndZoom, SceneImage, Tool, ToolRegistry, ToolResult, bbox_argument,
+from zoomjax.rollout.tools import (CropAndZoom, SceneImage, Tool, ToolResult, bbox_argument,
                                    default_registry)
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from zoomjax import hf
 from zoomjax.train import batching, checkpoint, flops, mesh as mesh_lib
 from zoomjax.train.config import ConfigError, TrainConfig, save_config
 from zoomjax.train.logger import MetricsLogger
@@ -363,7 +364,6 @@ def _train(cfg, setup, model_cfg, data, ckpt, stream, run_dir) -> dict:
     else:
       params_fn = None
       if cfg.model.hf_dir:
-        from zoomjax import hf
         params_fn = lambda: hf.load(cfg.model.hf_dir, dtype=jnp.dtype(cfg.model.param_dtype),  # noqa: E731
                                     shardings=setup.shardings.params)[1]
       state = init_train_state(setup, params_fn)
@@ -386,7 +386,6 @@ def _train(cfg, setup, model_cfg, data, ckpt, stream, run_dir) -> dict:
               {"model_config": model_cfg.to_hf_dict(), "scan_layers": model_cfg.scan_layers,
                "param_dtype": model_cfg.param_dtype, "step": info["final_step"]})
         if cfg.checkpoint.export_hf:
-          from zoomjax import hf
           hf_out = os.path.join(run_dir, "hf")
           hf.save(hf_out, model_cfg, state.params)
           summary["hf"] = hf_out
