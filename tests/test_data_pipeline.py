@@ -9,7 +9,7 @@ from zoomjax.data import tokenizer as T
 from zoomjax.data import toy_earth as TE
 from zoomjax.data import trajectories as TR
 from zoomjax.processing import preprocess_image
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 BUDGET = TR.ImageBudget(max_pixels=112 * 112)   # small images keep the test fast
 

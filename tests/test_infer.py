@@ -13,7 +13,7 @@ from zoomjax import hf
 from zoomjax.data.tokenizer import padded_vocab_size, save_tokenizer, special_ids, train_tokenizer
 from zoomjax.infer import main, render_result
 from zoomjax.model import ModelConfig, init_params
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zoomjax.rollout import parse_crop_request
-from zoomjax.rollout import protocol as P
-from zoomjax.rollout.parse import (MAX_COORD, extract_answer, extract_thinks, parse_tool_calls,
+from zoomjax.protocol import templates as P
+from zoomjax.protocol.parse import (MAX_COORD, extract_answer, extract_thinks, parse_tool_calls,
                                    released_stage1)
 
 

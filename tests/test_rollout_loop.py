@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from zoomjax.data.tokenizer import padded_vocab_size, special_ids, train_tokenizer
 from zoomjax.model import ModelConfig, init_params
 from zoomjax.processing import preprocess_image
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 from zoomjax.rollout.generate import Generator, Sampling, bucket
 from zoomjax.rollout.loop import LoopConfig, Request, rollout
 

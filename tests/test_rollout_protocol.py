@@ -2,7 +2,7 @@
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 
 @pytest.fixture(scope="module")

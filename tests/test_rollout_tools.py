@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 from zoomjax.rollout.tools import (CropAndZoom, SceneImage, Tool, ToolResult, bbox_argument,
                                    default_registry)
 

@@ -4,7 +4,7 @@ import pytest
 
 from zoomjax.data import tokenizer as T
 from zoomjax.model.config import ModelConfig
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 VOCAB = 640
 

@@ -248,7 +248,7 @@ class RlPromptDataset:
   def __init__(self, source, tokenizer, protocol: str = "released", budget=None, store=None, max_turns=None):
     from zoomjax.data import tokenizer as T
     from zoomjax.data import trajectories as TR
-    from zoomjax.rollout import protocol as P
+    from zoomjax.protocol import templates as P
     self.rows = list(source)
     self.store = store if store is not None else source.store
     self.protocol = protocol
@@ -265,7 +265,7 @@ class RlPromptDataset:
   def __getitem__(self, i: int) -> dict[str, Any]:
     from zoomjax.data import boxes as B
     from zoomjax.data import trajectories as TR
-    from zoomjax.rollout import protocol as P
+    from zoomjax.protocol import templates as P
     row = self.rows[i]
     w, h = self.store.size(row.image_name)
     view, scale = self.store.global_view(row.image_name)

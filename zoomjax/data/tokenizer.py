@@ -19,7 +19,7 @@ import json
 import os
 from typing import Callable, Iterable, Sequence
 
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 # Qwen2.5-VL's added tokens, in Qwen's id order (151643 ...), with Qwen's `special` flags.
 QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (

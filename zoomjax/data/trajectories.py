@@ -1,4 +1,4 @@
-"""SFT trajectories: an LRS-GRO row -> chat text (via `zoomjax.rollout.protocol`) -> token ids, loss mask, images.
+"""SFT trajectories: an LRS-GRO row -> chat text (via `zoomjax.protocol.templates`) -> token ids, loss mask, images.
 
 Two protocols (SPEC §3):
 
@@ -34,7 +34,7 @@ import numpy as np
 from zoomjax.data import boxes as B
 from zoomjax.data import images as I
 from zoomjax.data.lrs_gro import Row
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import templates as P
 
 _JSON_BLOCK = re.compile(r"```json.*?```[ \t]*\n?", re.S)
 # The box block with the LRS-GRO lead-in before it (dropped in multiturn, where the tool call carries the box).

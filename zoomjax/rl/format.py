@@ -5,25 +5,24 @@ Works on plain strings — the text the model generated in each stage (released 
 
 released (two stages at most; a stage is "absent" when its text is empty, as in the released reward):
   * no crop (one stage): a non-empty `<think>…</think>` and a non-empty `<answer>…</answer>`;
-  * crop (two stages): stage 1 has a non-empty `<think>` and a box — a `"bbox_2d": [x1, y1, x2, y2]`
-    with 4 numbers (the released check accepts any list of numbers; zoomjax wants a usable box) — and
-    stage 2 has a non-empty `<think>` and a non-empty `<answer>`.
+  * crop (two stages): stage 1 has a non-empty `<think>` and a box that
+    `parse_crop_request(text, "released")` reads (the released check accepts any list of numbers;
+    zoomjax wants a usable box), and stage 2 has a non-empty `<think>` and a non-empty `<answer>`.
 multiturn (any number of turns): every turn before the last has a non-empty `<think>` and a
-  `<tool_call>…</tool_call>` holding a 4-number `bbox_2d`; the last turn has a non-empty `<think>` and a
-  non-empty `<answer>`.
+  `crop_and_zoom` `<tool_call>` whose box `parse_crop_request(text, "multiturn")` reads; the last turn
+  has a non-empty `<think>` and a non-empty `<answer>`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Iterable, Sequence
 
 import numpy as np
 
-PROTOCOLS = ("released", "multiturn")
-_BBOX = re.compile(r'"bbox_2d"\s*:\s*\[(.*?)\]', re.S)
+from zoomjax.protocol import parse
+from zoomjax.protocol.templates import PROTOCOLS
+
 _TAGS: dict[str, re.Pattern] = {}
 
 
@@ -42,30 +41,14 @@ def _has(text: str, tag: str) -> bool:
 
 
 def has_box(text: str) -> bool:
-  """True when the text holds a `"bbox_2d": [...]` list of exactly 4 finite numbers."""
-  for m in _BBOX.finditer(text or ""):
-    try:
-      nums = [float(x) for x in m.group(1).split(",")]
-    except ValueError:
-      continue
-    if len(nums) == 4 and all(math.isfinite(v) for v in nums):
-      return True
-  return False
+  """True when the text holds a usable released-protocol box: what `parse_crop_request(text, "released")`
+  reads as a crop request (the one box parser, so the reward and the loop agree on what is a box)."""
+  return parse.parse_crop_request(text, "released") is not None
 
 
 def _tool_call_has_box(text: str) -> bool:
-  body = extract_tag(text, "tool_call")
-  if not body:
-    return False
-  try:
-    call = json.loads(body)
-  except ValueError:
-    return has_box(body)
-  args = call.get("arguments") if isinstance(call, dict) else None
-  box = args.get("bbox_2d") if isinstance(args, dict) else None
-  return (isinstance(box, list) and len(box) == 4
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  for v in box))
+  """True when the turn holds a `crop_and_zoom` tool call with a usable box (`parse_crop_request`)."""
+  return parse.parse_crop_request(text, "multiturn") is not None
 
 
 def format_reward(stages: Sequence[str] | str, protocol: str = "released") -> float:

@@ -1,7 +1,7 @@
-"""Active perception rollouts: protocol templates, crop-request parsing, tools, generator, perception loop.
+"""Active perception rollouts: tools, generator, perception loop (the protocol is `zoomjax.protocol`).
 
-    from zoomjax.rollout import parse_crop_request           # never raises (SPEC §8)
-    from zoomjax.rollout import protocol, tools               # templates; tool registry
+    from zoomjax.rollout import parse_crop_request           # never raises (SPEC §8; zoomjax.protocol.parse)
+    from zoomjax.rollout import tools                         # tool registry
     from zoomjax.rollout.generate import Generator, Sampling  # KV-cache generator (imports JAX)
     from zoomjax.rollout.loop import rollout, LoopConfig, Request
     from zoomjax.rollout.trajectory import Trajectory
@@ -12,7 +12,7 @@ load lazily, so importing the package for parsing does not import JAX.
 
 import importlib
 
-from zoomjax.rollout.parse import extract_answer, extract_thinks, parse_crop_request, parse_tool_calls
+from zoomjax.protocol.parse import extract_answer, extract_thinks, parse_crop_request, parse_tool_calls
 
 _LAZY = {
     "Generator": "zoomjax.rollout.generate", "Sampling": "zoomjax.rollout.generate",

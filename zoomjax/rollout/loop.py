@@ -46,8 +46,8 @@ from PIL import Image
 
 from zoomjax.data import images as zimages
 from zoomjax.processing import preprocess_image, smart_resize
-from zoomjax.rollout import parse
-from zoomjax.rollout import protocol as P
+from zoomjax.protocol import parse
+from zoomjax.protocol import templates as P
 from zoomjax.rollout.generate import GREEDY, ImageInput, Sampling
 from zoomjax.rollout.tools import SceneImage, ToolRegistry, ToolResult, default_registry
 from zoomjax.rollout.trajectory import Trajectory

@@ -32,15 +32,9 @@ from typing import Any, ClassVar, Mapping
 from PIL import Image
 
 from zoomjax.data import images as zimages
-from zoomjax.rollout.parse import box_from_arguments, sanitize_box
+from zoomjax.protocol.parse import box_from_arguments, sanitize_box
+from zoomjax.protocol.templates import BBOX_2D_PARAM, CROP_AND_ZOOM_DESCRIPTION, CROP_TOOL
 
-BBOX_2D_PARAM: Mapping[str, Any] = {
-    "type": "array",
-    "items": {"type": "number"},
-    "minItems": 4,
-    "maxItems": 4,
-    "description": "[x_min, y_min, x_max, y_max] in global-view pixels",
-}
 
 
 class ToolError(Exception):
@@ -83,8 +77,15 @@ class SceneImage:
 
   def box_to_original(self, box_global) -> list[float]:
     """Global-view box -> original pixels (`boxes.global_to_original`)."""
-    w, h = self.original.size
+    w, h = self.original_size
     return zimages.global_to_original(box_global, w, h, self.long_side)
+
+  def read_original(self, window) -> Image.Image:
+    """The full-resolution pixels of `window` = (left, top, right, bottom) in original pixels (ints).
+
+    Tools read the scene through this method (never `original` directly) so a scene that is read by
+    window (a large GeoTIFF) only ever decodes the region asked for."""
+    return self.original.crop(tuple(int(v) for v in window))
 
 
 @dataclasses.dataclass
@@ -153,9 +154,8 @@ class CropAndZoom(Tool):
   long side is at most `max_long_side` (512).
   """
 
-  name = "crop_and_zoom"
-  description = ("Crop a region of the full-resolution image and return it zoomed in. The box is in pixel "
-                 "coordinates of the global view shown to you.")
+  name = CROP_TOOL
+  description = CROP_AND_ZOOM_DESCRIPTION
   parameters = {"type": "object", "properties": {"bbox_2d": BBOX_2D_PARAM}, "required": ["bbox_2d"]}
 
   def __init__(self, min_size: int = zimages.MIN_CROP, max_long_side: int = zimages.GLOBAL_LONG_SIDE):

@@ -157,27 +157,25 @@ MULTITURN_INSTRUCTION = (
     "phrase."
 )
 
-# JSON schema of `crop_and_zoom` (OpenAI function format, as Qwen's template embeds it). The registry in
-# `zoomjax.rollout.tools` owns the tool; this copy keeps the protocol renderable without importing it.
+# The box argument every region tool takes (JSON schema), and the schema of `crop_and_zoom` (OpenAI
+# function format, as Qwen's template embeds it). The tool registry (`zoomjax.rollout.tools`) builds its
+# tools' schemas from `BBOX_2D_PARAM`; this module owns both so the prompt renders without the registry.
+BBOX_2D_PARAM: Mapping[str, Any] = {
+    "type": "array",
+    "items": {"type": "number"},
+    "minItems": 4,
+    "maxItems": 4,
+    "description": "[x_min, y_min, x_max, y_max] in global-view pixels",
+}
+CROP_TOOL = "crop_and_zoom"
+CROP_AND_ZOOM_DESCRIPTION = ("Crop a region of the full-resolution image and return it zoomed in. The box is "
+                             "in pixel coordinates of the global view shown to you.")
 CROP_AND_ZOOM_SCHEMA: Mapping[str, Any] = {
     "type": "function",
     "function": {
-        "name": "crop_and_zoom",
-        "description": ("Crop a region of the full-resolution image and return it zoomed in. The box is "
-                        "in pixel coordinates of the global view shown to you."),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "bbox_2d": {
-                    "type": "array",
-                    "items": {"type": "number"},
-                    "minItems": 4,
-                    "maxItems": 4,
-                    "description": "[x_min, y_min, x_max, y_max] in global-view pixels",
-                },
-            },
-            "required": ["bbox_2d"],
-        },
+        "name": CROP_TOOL,
+        "description": CROP_AND_ZOOM_DESCRIPTION,
+        "parameters": {"type": "object", "properties": {"bbox_2d": BBOX_2D_PARAM}, "required": ["bbox_2d"]},
     },
 }
 

@@ -40,10 +40,11 @@ import math
 import re
 from typing import Any, NamedTuple, Sequence
 
+from zoomjax.protocol.templates import CROP_TOOL
+
 MAX_COORD = 65536.0
 """Clamp bound for coordinates when the view size is unknown (global views are <= 512 px)."""
 
-CROP_TOOL = "crop_and_zoom"
 
 _NUM = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _BBOX_KEY = re.compile(r"""(?:"bbox_2d"|'bbox_2d'|\bbbox_2d\b)\s*:\s*["']?\s*\[""")
