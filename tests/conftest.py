@@ -19,8 +19,8 @@ import pytest  # noqa: E402
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-  """Under CI (`CI=true`) a skipped test is a failure: every conditional skip (shared data absent,
-  Debian WordNet missing, too few simulated devices) means lost coverage, never a pass."""
+  """Under CI (`CI=true`) a skipped test is a failure: every conditional skip (Debian
+  WordNet missing, too few simulated devices) means lost coverage, never a pass."""
   outcome = yield
   report = outcome.get_result()
   if report.skipped and os.environ.get("CI", "").lower() in ("1", "true", "yes") and not hasattr(report, "wasxfail"):

@@ -10,10 +10,9 @@ from PIL import Image
 from zoomjax.data import lrs_gro as L
 from zoomjax.data import pipeline as PL
 
-from _shared import find_shared
+from _data import rl_jsonl
 
-RL_JSONL = str(find_shared("data", "lrs_gro", "rl.jsonl") or "")
-pytestmark = pytest.mark.skipif(not RL_JSONL, reason="shared LRS-GRO rl.jsonl not available (set ZOOMJAX_SHARED)")
+RL_JSONL = str(rl_jsonl())
 
 
 def image_size_for(name: str) -> tuple[int, int]:

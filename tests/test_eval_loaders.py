@@ -1,4 +1,4 @@
-"""Benchmark loaders on the format samples (../shared/data/formats) and on malformed rows."""
+"""Benchmark loaders on the format samples (tests/data/formats) and on malformed rows."""
 import json
 import pathlib
 
@@ -7,11 +7,11 @@ import pytest
 from zoomjax.eval import loaders
 from zoomjax.eval.score import judge_answer
 
-from _shared import shared_path
+from _data import FORMATS
 
 
 def _formats() -> pathlib.Path:
-  return shared_path("data", "formats")
+  return FORMATS
 
 
 def test_lrs_vqa_sample():
@@ -109,3 +109,71 @@ def test_lrs_gro_split_fields_and_bad_rows(tmp_path):
   msgs = [p.message for p in problems]
   assert "unknown type" in msgs[0] and "bad box" in msgs[1] and "missing field" in msgs[2]
   assert "duplicate" in msgs[3] and "bad JSON" in msgs[4]
+
+
+# ------------------------------------------------------------------------------ inline fixtures
+def _write_jsonl(path, rows):
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return path
+
+
+def test_lrs_vqa_inline_hbox_to_1024_frame(tmp_path):
+  rows = [
+      {"question_id": "v1", "text": "Is it?", "ground_truth": "yes", "image": "a.png",
+       "image_size": [2048, 1024], "hbox": [100, 200, 300, 400], "category": "presence"},
+      {"question_id": "v2", "text": "Count?", "ground_truth": "3", "image": "b.png",
+       "image_size": [1000, 4000], "hbox": [10, 20, 30, 40]},
+      {"question_id": "v3", "text": "Scene?", "ground_truth": "port", "image": "c.png",
+       "image_size": [800, 600]},
+      {"question_id": "v4", "text": "?", "ground_truth": "a", "hbox": [1, 2, 3, 4]},      # no image_size
+      {"question_id": "v5", "ground_truth": "a"},                                          # no text
+  ]
+  qs, problems = loaders.load(_write_jsonl(tmp_path / "v.jsonl", rows), "lrs_vqa")
+  assert [q.question_id for q in qs] == ["v1", "v2", "v3"]
+  v1, v2, v3 = qs
+  assert v1.bbox == pytest.approx([50, 100, 150, 200])             # 1024 / max(2048, 1024) = 0.5
+  assert v2.bbox == pytest.approx([2.56, 5.12, 7.68, 10.24])       # 1024 / 4000 = 0.256 (the long side)
+  assert v3.bbox is None and v3.image_size == (800, 600) and v1.image_size == (2048, 1024)
+  assert v1.category == "presence" and v1.kind == "open" and v1.extra == {"hbox": [100, 200, 300, 400]}
+  assert [p.line for p in problems] == [4, 5]
+  assert "image_size" in problems[0].message and "missing field" in problems[1].message
+
+
+def test_xlrs_inline_sets_images_and_tasks(tmp_path):
+  opts = ["(A) 1", "(B) 2", "(C) 3", "(D) 4"]
+  rows = [{"index": 7, "question": "Which?", "multi-choice options": opts, "answer": "C, A",
+           "image": ["x.png"], "category": "perception/count", "l2-category": "counting"},
+          {"index": 8, "question": "One?", "multi-choice options": opts, "answer": "B",
+           "image": ["x.png", "y.png"]},
+          {"index": 9, "question": "Bad?", "multi-choice options": opts, "answer": "E"},
+          {"index": 10, "question": "Bad?", "multi-choice options": "A B", "answer": "A"}]
+  qs, problems = loaders.load(_write_jsonl(tmp_path / "x.jsonl", rows), "xlrs")
+  assert [q.question_id for q in qs] == ["7", "8"]
+  multi, single = qs
+  assert multi.ground_truth == "AC" and multi.multi_select and multi.letters == "ABCD"
+  assert multi.image == "x.png" and multi.extra == {"task": "perception"} and multi.higher_level == "counting"
+  assert single.ground_truth == "B" and not single.multi_select and single.image == ["x.png", "y.png"]
+  assert [p.line for p in problems] == [3, 4]
+  assert "not a set of the options" in problems[0].message and "list of strings" in problems[1].message
+  assert loaders.prompt_text(multi) == "\n".join(["Which?", *opts, loaders.MULTI_INSTRUCTION])
+
+
+def test_mme_inline_and_prompt(tmp_path):
+  row = {"Question_id": "perception/remote_sensing/1", "Image": "remote_sensing/1.png", "Text": "Colour?",
+         "Answer choices": ["(A) red", "(B) blue"], "Ground truth": "(B)", "Subtask": "Remote Sensing"}
+  path = tmp_path / "m.json"
+  path.write_text(json.dumps([row], indent=1))
+  (q,), problems = loaders.load(path, "mme_rs")
+  assert not problems and q.ground_truth == "B" and q.letters == "AB"
+  assert loaders.prompt_text(q) == "Colour?\n(A) red\n(B) blue\n" + loaders.CHOICE_INSTRUCTION
+  with pytest.raises(ValueError, match="unknown benchmark"):
+    loaders.load(path, "mme")
+
+
+def test_parse_box_rules():
+  assert loaders.parse_box([]) is None and loaders.parse_box(None) is None
+  assert loaders.parse_box([1, 2, 3.5, 4]) == [1.0, 2.0, 3.5, 4.0]
+  for bad in ([1, 2, 3], [3, 2, 1, 4], [1, 4, 3, 4], [1, 2, float("nan"), 4], [True, 2, 3, 4], ["1", 2, 3, 4],
+              "1,2,3,4"):
+    with pytest.raises(loaders.RowError, match="bad box"):
+      loaders.parse_box(bad)

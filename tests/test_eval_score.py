@@ -1,7 +1,6 @@
 """`python -m zoomjax.eval score` on the real LRS-GRO RL split with a seeded synthetic predictions file,
 checked against an independent computation of accuracy, APO IoU and the crop statistics."""
 import json
-import pathlib
 import random
 import subprocess
 import sys
@@ -10,11 +9,7 @@ import pytest
 
 from zoomjax.eval import score as score_mod
 
-from _shared import REPO, shared_path
-
-
-def _shared_rl() -> pathlib.Path:
-  return shared_path("data", "lrs_gro", "rl.jsonl")
+from _data import REPO, rl_jsonl
 
 
 def ref_iou(a, b):
@@ -108,7 +103,7 @@ def expected(truth, n_annotations):
 
 
 def test_score_cli_on_real_rl_split(tmp_path):
-  rl = _shared_rl()
+  rl = rl_jsonl()
   rows = [json.loads(l) for l in rl.read_text().splitlines() if l.strip()]
   assert len(rows) == 6622
   pred = tmp_path / "P.jsonl"
@@ -118,7 +113,8 @@ def test_score_cli_on_real_rl_split(tmp_path):
   r = subprocess.run([sys.executable, "-m", "zoomjax.eval", "score", "--predictions", str(pred),
                       "--annotations", str(rl), "--out", str(out)],
                      capture_output=True, text=True, timeout=300, cwd=REPO)
-  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.returncode == 1, r.stderr[-3000:]       # 9 malformed rows skipped: a partial result (SPEC §9)
+  assert "9 prediction rows skipped" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
   rep = json.loads(out.read_text())
   ov = rep["overall"]
   assert ov["n"] == want["n"] == 700
@@ -141,11 +137,13 @@ def test_score_cli_on_real_rl_split(tmp_path):
   md = out.with_suffix(".md").read_text()
   assert "| Model | Global | Region | Object | Avg | APO IoU |" in md
   assert f"{100 * want['accuracy']:.2f}" in md and "9 skipped" in md
+  assert "(700/6622 questions)" in md and "Partial result: 700 of 6622" in md
+  assert rep["coverage"] == {"scored": 700, "annotated": 6622, "fraction": 700 / 6622}
   assert f"line {bad_lines[0]}: bad JSON" in r.stderr
 
 
 def test_strict_counts_missing_and_bad_annotations(tmp_path):
-  rl = _shared_rl()
+  rl = rl_jsonl()
   rows = [json.loads(l) for l in rl.read_text().splitlines()[:40]]
   rows[3]["type"] = "planet"                       # unknown type -> annotation line 4 skipped
   rows[7]["bbox"] = [10, 10, 5]                    # bad box -> annotation line 8 skipped

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _shared import find_shared
+from _data import rl_jsonl
 from zoomjax.data import images as I
 from zoomjax.data import lrs_gro as L
 from zoomjax.data import toy_earth as TE
 from zoomjax.data import toy_earth_render as R
 from zoomjax.processing import smart_resize
 
-RL_JSONL = find_shared("data", "lrs_gro", "rl.jsonl")
+RL_JSONL = rl_jsonl()
 SEED = 3
 
 
@@ -43,9 +43,8 @@ def test_format_splits_and_categories(toy):
   assert {r["type"] for r in rows} == {"global", "region", "object"}
   cats = {r["category"] for r in rows}
   assert len(cats) >= 10
-  if RL_JSONL is not None:  # the real split's categories, when the shared data is here (always in CI)
-    real = {json.loads(ln)["category"] for ln in open(RL_JSONL)}
-    assert cats <= real
+  real = {json.loads(ln)["category"] for ln in open(RL_JSONL)}   # the real split's categories
+  assert cats <= real
   for r in rows:
     key = f"Counting/{r['type']}" if r["category"] == "Counting" else r["category"]
     assert r["ground_truth"] in TE.VOCAB[key], r
