@@ -25,17 +25,17 @@ def test_run_is_batched_and_resumable(tmp_path):
     return [{"question_id": q.question_id, "answer": "port", "bbox": None} for q in batch]
 
   path = tmp_path / "sub" / "P.jsonl"
-  assert run_mod.run(_questions(10), answer_fn, path, batch_size=4, limit=6, progress=False) == 6
+  assert run_mod.run(_questions(10), answer_fn, path, batch_size=4, limit=6, progress=False).written == 6
   assert calls == [["q0", "q1", "q2", "q3"], ["q4", "q5"]]
   # a crash mid-write leaves half a line: it is cut off and that question redone
   with open(path, "a") as f:
     f.write('{"question_id": "q6", "ans')
   calls.clear()
-  assert run_mod.run(_questions(10), answer_fn, path, batch_size=4, progress=False) == 4
+  assert run_mod.run(_questions(10), answer_fn, path, batch_size=4, progress=False).written == 4
   assert calls == [["q6", "q7", "q8", "q9"]]
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   assert [r["question_id"] for r in rows] == [f"q{i}" for i in range(10)]
-  assert run_mod.run(_questions(10), answer_fn, path, progress=False) == 0   # nothing left
+  assert run_mod.run(_questions(10), answer_fn, path, progress=False).written == 0   # nothing left
 
 
 def test_run_rejects_mismatched_rows(tmp_path):
@@ -90,14 +90,20 @@ def test_run_cli_with_a_tiny_model(tmp_path):
   args = ["run", "--model", str(model), "--images", str(images), "--predictions", str(pred),
           "--annotations", str(ann), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "6",
           "--max-total-tokens", "1024", "--no-progress"]
-  assert main(args) == 0
+  assert main(args) == 1                         # q3's image is missing: recorded as failed, exit 1
   got = [json.loads(l) for l in pred.read_text().splitlines()]
   assert [r["question_id"] for r in got] == ["q1", "q2", "q3"]
-  assert all(isinstance(r["answer"], str) for r in got)
-  assert "error" in got[2] and got[2]["answer"] == ""
+  assert all(isinstance(r["answer"], str) for r in got[:2])
+  assert got[2]["error"] and got[2]["answer"] is None
   assert got[0]["visual_tokens"] > 0 and got[0]["turns"] >= 1
   report = json.loads(out.read_text())
-  assert report["overall"]["n"] == 3 and report["rows"]["skipped"] == 0
+  assert report["overall"]["n"] == 2 and report["rows"]["skipped"] == 0 and report["errors"] == 1
   assert out.with_suffix(".md").exists()
-  assert main(args) == 0                         # resumed: nothing new
-  assert len(pred.read_text().splitlines()) == 3
+  Image.fromarray(rs.randint(0, 255, (200, 240, 3), np.uint8)).save(images / "missing.png")
+  assert main(args) == 0                         # resumed: only the failed question is retried
+  got = [json.loads(l) for l in pred.read_text().splitlines()]
+  assert [r["question_id"] for r in got] == ["q1", "q2", "q3", "q3"] and isinstance(got[3]["answer"], str)
+  report = json.loads(out.read_text())
+  assert report["overall"]["n"] == 3 and report["errors"] == 0
+  assert main(args) == 0                         # nothing left to do
+  assert len(pred.read_text().splitlines()) == 4

@@ -8,6 +8,8 @@ an `orbax.checkpoint.StandardCheckpointer` tree `{"visual": …, "language": …
 it holding `{"model_config": <HF config dict>, "scan_layers": bool, …}`. `to-hf` reads the model config
 from that `info.json` (or `--config`), detects the scanned/unrolled layout from the stored tree, and
 writes a directory `transformers` loads (`zoomjax.hf.save`).
+
+Exit status (SPEC §9): 0 done; 2 a missing / unreadable input, a broken config, an unwritable --out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import os
 import sys
 from typing import Any, Sequence
+
+from zoomjax import cli
 
 INFO = "info.json"
 
@@ -43,18 +47,25 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str = "float32", scan_layers: bool
   return out
 
 
+def _read_json(path: str, flag: str) -> Any:
+  with cli.reading(path, flag, "JSON file"):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+
+
 def _read_config(orbax_dir: str, config: str | None) -> dict[str, Any]:
   if config:
     path = os.path.join(config, "config.json") if os.path.isdir(config) else config
-    with open(path) as f:
-      return json.load(f)
+    d = _read_json(path, "--config")
+    if not isinstance(d, dict):
+      raise cli.UserError(f"--config {path} is not a config.json (a JSON object); pass an HF config")
+    return d
   info = os.path.join(orbax_dir, INFO)
   if os.path.isfile(info):
-    with open(info) as f:
-      d = json.load(f)
-    if "model_config" in d:
+    d = _read_json(info, "--orbax-dir")
+    if isinstance(d, dict) and "model_config" in d:
       return d["model_config"]
-  raise SystemExit(f"no model config: {info} lacks 'model_config'; pass --config HF_DIR_OR_CONFIG_JSON")
+  raise cli.UserError(f"no model config: {info} lacks 'model_config'; pass --config HF_DIR_OR_CONFIG_JSON")
 
 
 def orbax_to_hf(orbax_dir: str, out: str, config: str | None = None,
@@ -70,6 +81,10 @@ def orbax_to_hf(orbax_dir: str, out: str, config: str | None = None,
   ckptr = ocp.StandardCheckpointer()
   try:
     params = ckptr.restore(orbax_dir)
+  except (OSError, ValueError) as e:       # orbax / tensorstore: not a checkpoint, or a torn one
+    raise cli.UserError(f"--orbax-dir {orbax_dir} is not a readable orbax params checkpoint "
+                        f"({cli.describe(e)[1][:300]}); pass a directory written by to-orbax or the "
+                        "trainer's export") from None
   finally:
     ckptr.close()
   scan = "layers" in params.get("language", {})
@@ -80,6 +95,7 @@ def orbax_to_hf(orbax_dir: str, out: str, config: str | None = None,
   return os.path.abspath(out)
 
 
+@cli.main
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m zoomjax.convert", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,17 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   b.add_argument("--out", required=True, help="HF directory to write")
   b.add_argument("--config", default=None, help="HF dir or config.json (default: the checkpoint's info.json)")
   b.add_argument("--max-shard-bytes", type=int, default=None, help="split safetensors above this size")
+  for sp in (a, b):
+    cli.add_debug(sp)
   args = p.parse_args(argv)
 
-  from zoomjax.hf import CheckpointError
-  try:
-    if args.cmd == "to-orbax":
+  if args.cmd == "to-orbax":
+    cli.existing_dir(args.hf_dir, "--hf-dir", "an HF directory (config.json + *.safetensors)")
+    cli.writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out (its parent)")
+    with cli.about(f"--hf-dir {args.hf_dir}"):
       out = hf_to_orbax(args.hf_dir, args.out, args.dtype, scan_layers=not args.unrolled)
-    else:
+  else:
+    cli.existing_dir(args.orbax_dir, "--orbax-dir", "an orbax params checkpoint (to-orbax's --out)")
+    cli.writable_dir(args.out, "--out")
+    with cli.about(f"--config {args.config}" if args.config else f"--orbax-dir {args.orbax_dir}"):
       out = orbax_to_hf(args.orbax_dir, args.out, args.config, args.max_shard_bytes)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   print(out)
   return 0
 

@@ -321,8 +321,14 @@ def load_tokenizer(hf_dir: str | os.PathLike, **kwargs):
   """The checkpoint's tokenizer through `transformers.AutoTokenizer`, from local files only."""
   from transformers import AutoTokenizer
   hf_dir = os.fspath(hf_dir)
-  if not any(os.path.isfile(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                               "vocab.json")):
-    raise CheckpointError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {hf_dir!r}")
+  has = lambda f: os.path.isfile(os.path.join(hf_dir, f))  # noqa: E731
+  if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
+    raise CheckpointError(
+        f"no tokenizer in {hf_dir!r}: it needs tokenizer.json (or vocab.json + merges.txt); copy the "
+        "tokenizer files of the model it was trained from into it")
   kwargs.setdefault("local_files_only", True)
-  return AutoTokenizer.from_pretrained(hf_dir, **kwargs)
+  try:
+    return AutoTokenizer.from_pretrained(hf_dir, **kwargs)
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"cannot load the tokenizer in {hf_dir!r}: {first}") from None

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
 from PIL import Image, ImageDraw
+
+from zoomjax import cli
 
 _COLORS = ((255, 40, 40), (40, 200, 255), (255, 200, 0), (120, 255, 80))
 
@@ -50,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-pixels", type=int, default=12845056,
                  help="processor pixel budget of each model image (default: %(default)s)")
   p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                 help="refuse input images with more pixels (decompression-bomb guard; default: %(default)s)")
+                 help="refuse input images with more pixels, 0 = no limit (decompression-bomb guard; default: %(default)s)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="parameter / compute dtype (default: %(default)s)")
   p.add_argument("--out", default=None, help="write a PNG: global view with the box, crop(s) beside it")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+  cli.add_debug(p)
   return p
 
 
@@ -87,8 +91,24 @@ def render_result(view: Image.Image, boxes_global: Sequence[Sequence[float]], cr
   return canvas
 
 
+def _check_args(args) -> None:
+  """Refuses arguments that cannot work before anything is loaded (`cli.UserError`, exit 2)."""
+  if not args.question.strip():
+    raise cli.UserError("--question is empty; ask a question about the image")
+  if args.max_image_pixels < 0:
+    raise cli.UserError(f"--max-image-pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
+  if args.max_image_pixels == 0:
+    args.max_image_pixels = None
+  if os.path.isdir(args.image):
+    raise cli.UserError(f"--image {args.image} is a directory; pass an image file")
+  if args.out:
+    cli.writable_file(args.out, "--out")
+
+
+@cli.main
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  _check_args(args)
 
   from zoomjax.data import images as zimages
   if args.max_turns is not None and args.max_turns < 0:
@@ -110,15 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax.numpy as jnp
 
   from zoomjax import hf
-  from zoomjax.model.config import ConfigError
   from zoomjax.rollout.generate import Generator
   from zoomjax.rollout.loop import LoopConfig, Request, rollout
-  try:
+  cli.existing_dir(args.model, "--model", "a model directory (config.json, *.safetensors, tokenizer)")
+  with cli.about(f"--model {args.model}: cannot load the model"):
+    tokenizer = hf.load_tokenizer(args.model)      # first: it is cheap, the weights are not
     cfg, params = hf.load(args.model, dtype=jnp.dtype(args.dtype))
-    tokenizer = hf.load_tokenizer(args.model)
-  except (hf.CheckpointError, ConfigError, OSError, ValueError) as e:
-    print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)
-    return 2
 
   max_turns = args.max_turns if args.max_turns is not None else (1 if args.protocol == "released" else 3)
   loop_cfg = LoopConfig(protocol=args.protocol, max_turns=max_turns, max_new_tokens=args.max_new_tokens,

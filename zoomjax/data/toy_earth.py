@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from zoomjax import cli
 from zoomjax.data import toy_earth_render as R
 
 GENERATOR_VERSION = "toy-earth-v1"
@@ -371,6 +372,13 @@ def _image_seed(seed: int, index: int) -> list[int]:
   return [int(seed) & 0xFFFFFFFF, int(index), 0x70E]
 
 
+def text_rows(seed: int, index: int, size: int = 2048, split: str = "sft") -> list[dict[str, Any]]:
+  """The LRS-GRO rows image `index` gets (as in `generate`, with `first_id` 0), from its layout alone:
+  no pixels are rendered (what a tokenizer trains on)."""
+  lay = make_layout(np.random.default_rng(_image_seed(seed, index)), size)
+  return _rows(f"toy_{index:05d}.png", lay, questions(lay), split, 0)
+
+
 def generate_image(seed: int, index: int, size: int, out_dir: str, image_format: str = "png"):
   """Renders and writes one image; returns (image_name, layout, questions)."""
   rng = np.random.default_rng(_image_seed(seed, index))
@@ -442,6 +450,24 @@ def generate(out: str, seed: int = 0, num_images: int = 24, size: int = 2048, wo
   return meta
 
 
+def read_meta(root: str) -> dict[str, Any] | None:
+  """`root/meta.json` as a dict, None when absent; a `cli.UserError` naming the file when it is corrupt."""
+  path = os.path.join(root, "meta.json")
+  if not os.path.isfile(path):
+    return None
+  hint = f"delete {root} (or just its meta.json) to regenerate Toy Earth there"
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise cli.UserError(f"{path} is corrupt ({e}); {hint}") from None
+  except OSError as e:
+    raise cli.UserError(f"{path} cannot be read ({e.strerror or e}); {hint}") from None
+  if not isinstance(meta, dict):
+    raise cli.UserError(f"{path} is corrupt (a JSON {type(meta).__name__}, not an object); {hint}")
+  return meta
+
+
 def majority_baseline(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
   """Accuracy on `test` of answering each question template with its most frequent `train` answer (the
   question text with the referent's position removed): what a model that ignores the image gets."""
@@ -466,6 +492,7 @@ def _generate_star(a):
   return generate_image(*a)
 
 
+@cli.main
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m zoomjax.data.toy_earth", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -475,11 +502,14 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--size", type=int, default=2048, help=f"image side in pixels, {MIN_SIZE}..{MAX_SIZE}")
   p.add_argument("--workers", type=int, default=None, help="processes (default: automatic)")
   p.add_argument("--format", choices=("png", "tif"), default="png")
+  cli.add_debug(p)
   a = p.parse_args(argv)
   if not MIN_SIZE <= a.size <= MAX_SIZE:
     p.error(f"--size must be in [{MIN_SIZE}, {MAX_SIZE}], got {a.size}")
   if a.num_images < 1:
     p.error(f"--num-images must be >= 1, got {a.num_images}")
+  cli.writable_dir(a.out, "--out")
+  cli.writable_dir(os.path.join(a.out, "images"), "--out")
   t0 = time.time()
   meta = generate(a.out, a.seed, a.num_images, a.size, a.workers, a.format)
   sp = meta["splits"]

@@ -1,4 +1,9 @@
-"""`python -m zoomjax.eval {score,run} ...` — see `--help` of each subcommand."""
+"""`python -m zoomjax.eval {score,run} ...` — see `--help` of each subcommand.
+
+Exit status (SPEC §9): 0 a complete result; 1 the report was written but is not complete (nothing
+scored, failed questions, skipped rows: the reason is printed); 2 bad input (a missing / unreadable
+file, an unwritable --out, a --model that is not a model directory).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 import sys
 
+from zoomjax import cli
 from zoomjax.eval.loaders import BENCHMARKS
 
 
@@ -22,6 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--strict", action="store_true",
                  help="score questions without a prediction as wrong (default: leave them out, count them)")
   p.add_argument("--name", default=None, help="model name in the markdown table (default: predictions file stem)")
+  cli.add_debug(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
   r = sub.add_parser("run", help="run a model over a benchmark (resumable), then score it",
                      description="Answer every question with a model (batched, progress bar; rerunning "
                                  "skips question ids already in --predictions), then score.")
-  r.add_argument("--model", required=True, help="model directory (Hugging Face layout)")
+  r.add_argument("--model", required=True, help="model directory (Hugging Face layout, or a training RUN_DIR)")
   r.add_argument("--images", required=True, help="image directory")
   r.add_argument("--predictions", required=True, help="predictions JSONL to append to")
   r.add_argument("--batch-size", type=int, default=8)
@@ -54,40 +61,66 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _load_annotations(args):
+  from zoomjax.eval import loaders
+  with cli.reading(args.annotations, "--annotations", "annotation file"):
+    return loaders.load(args.annotations, args.benchmark)
+
+
 def _score(args) -> int:
-  from zoomjax.eval.score import print_problems, score_files, write_report
-  report = score_files(args.predictions, args.annotations, args.benchmark, args.judge, args.apo,
-                       args.strict)
-  json_path, md_path = write_report(report, args.out, args.name)
+  from zoomjax.eval.score import incomplete, print_problems, score_files, write_report
+  cli.writable_file(args.out, "--out")
+  annotations = _load_annotations(args)
+  with cli.reading(args.predictions, "--predictions", "predictions file"):
+    report = score_files(args.predictions, args.annotations, args.benchmark, args.judge, args.apo,
+                         args.strict, annotations=annotations)
+  with cli.about("--out"):
+    json_path, md_path = write_report(report, args.out, args.name)
   print_problems(report)
-  ov, rows = report["overall"], report["rows"]
+  ov, rows, cov = report["overall"], report["rows"], report["coverage"]
   summary = {"accuracy": ov["accuracy"], "apo_iou": ov["apo_iou"], "n": ov["n"],
-             "skipped": rows["skipped"], "missing": rows["missing"],
-             "by_type": {k: v["accuracy"] for k, v in report["by_type"].items()}}
+             "annotated": cov["annotated"], "skipped": rows["skipped"], "missing": rows["missing"],
+             "errors": rows["errors"], "by_type": {k: v["accuracy"] for k, v in report["by_type"].items()}}
   print(json.dumps(summary))
-  print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+  print(f"scored {cov['scored']} of {cov['annotated']} annotated questions; wrote {json_path} and {md_path}",
+        file=sys.stderr)
+  why = incomplete(report)
+  if why is not None:
+    raise cli.PartialFailure(why)
   return 0
 
 
 def _run(args) -> int:
-  from zoomjax.eval import loaders, run as run_mod
-  questions, problems = loaders.load(args.annotations, args.benchmark)
+  from zoomjax.eval import run as run_mod
+  cli.existing_dir(args.model, "--model", "a model directory (config.json, *.safetensors, tokenizer)")
+  cli.existing_dir(args.images, "--images", "the directory the annotations' image names are relative to")
+  cli.writable_file(args.predictions, "--predictions")
+  cli.writable_file(args.out, "--out")
+  questions, problems = _load_annotations(args)
   for p in problems[:20]:
     print(f"skipped annotations {p}", file=sys.stderr)
-  try:
+  with cli.about(f"--model {args.model}"):
     answer_fn = run_mod.model_answer_fn(
         args.model, args.images, protocol=args.protocol, max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens, dtype=args.dtype,
         seed=args.seed)
-  except run_mod.NotAvailable as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  n = run_mod.run(questions, answer_fn, args.predictions, batch_size=args.batch_size,
-                  limit=args.limit, progress=not args.no_progress)
-  print(f"answered {n} new questions -> {args.predictions}", file=sys.stderr)
-  return _score(args)
+  res = run_mod.run(questions, answer_fn, args.predictions, batch_size=args.batch_size,
+                    limit=args.limit, progress=not args.no_progress)
+  print(f"answered {res.written - res.failed} new questions, {res.failed} failed -> {args.predictions}",
+        file=sys.stderr)
+  for e in res.errors:
+    print(f"failed {e}", file=sys.stderr)
+  try:
+    _score(args)
+  except cli.PartialFailure as e:
+    if not res.failed:
+      raise
+    raise cli.PartialFailure(f"{res.failed} of {res.written} questions failed this run (recorded as failed "
+                             f"in {args.predictions}; the next run retries them); {e}") from None
+  return 0
 
 
+@cli.main
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   return _score(args) if args.command == "score" else _run(args)

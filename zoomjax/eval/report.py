@@ -4,8 +4,10 @@
 
 in percent with two decimals. "Avg" is the accuracy over all questions (question-weighted), which is
 how the paper's Avg column relates to the three levels (ZoomEarth-3B: 63.09 / 46.11 / 51.80 -> 53.76,
-not their plain mean 53.67). Other benchmarks get `| Model | Accuracy | n |`. Per-category and
-per-higher-level accuracies, stage-1 accuracy, crop statistics and skipped-row counts follow.
+not their plain mean 53.67). Other benchmarks get `| Model | Accuracy | n |`. The model's cell says how
+many of the annotated questions the numbers cover ("run (700/6622 questions)"), and a partial result
+gets a warning line above the table. Per-category and per-higher-level accuracies, stage-1 accuracy,
+crop statistics and skipped-row counts follow.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ def markdown(report: dict, name: str | None = None) -> str:
   bench = report.get("benchmark", "lrs_gro")
   ov = report["overall"]
   lines = [f"# {bench} — {name}", ""]
+  cov = report.get("coverage")
+  if cov is not None:
+    rows = report.get("rows", {})
+    if cov["scored"] < cov["annotated"]:
+      lines += [f"**Partial result: {cov['scored']} of {cov['annotated']} annotated questions scored** "
+                f"({rows.get('missing', 0)} without a prediction, {rows.get('errors', 0)} failed, "
+                f"{rows.get('annotations_skipped', 0)} annotation rows rejected); not comparable with a "
+                "full run.", ""]
+    name = f"{name} ({cov['scored']}/{cov['annotated']} questions)"
   if bench == "lrs_gro":
     t = report.get("by_type", {})
     acc = lambda k: t.get(k, {}).get("accuracy")
@@ -65,5 +76,6 @@ def markdown(report: dict, name: str | None = None) -> str:
   rows = report.get("rows", {})
   lines += ["", f"Rows: {rows.get('predictions', 0)} prediction lines, {rows.get('scored', 0)} scored, "
             f"{rows.get('skipped', 0)} skipped as malformed, {rows.get('missing', 0)} questions without "
-            f"a prediction, {rows.get('annotations_skipped', 0)} annotation rows skipped.", ""]
+            f"a prediction, {rows.get('errors', 0)} failed, {rows.get('annotations_skipped', 0)} "
+            "annotation rows skipped.", ""]
   return "\n".join(lines)

@@ -4,8 +4,12 @@ The driver is model-agnostic: it calls `answer_fn(questions) -> list[dict]`, one
 question in order, each with at least `question_id` and `answer` (and `bbox` in the 1024 frame or None,
 optionally `stage1_answer`, `turns`, `visual_tokens`: the row format `zoomjax.eval score` reads). Rows
 are appended to the predictions JSONL and flushed after every batch, so an interrupted run loses at most
-one batch; rerunning skips the question ids already in the file (a half-written last line from a crash
-is cut off first).
+one batch; rerunning skips the question ids already answered in the file (a half-written last line from
+a crash is cut off first).
+
+A question that fails (its image cannot be read, say) is recorded as failed — `{"question_id", "answer":
+null, "bbox": null, "error": "..."}` — never as an empty answer: `run` counts it, `zoomjax.eval score`
+reports it under `errors`, and the next run retries it (its answer row then supersedes the failure).
 
 `model_answer_fn(...)` builds an `answer_fn` from a model directory on top of the perception loop
 (`zoomjax.rollout.loop.rollout`): greedy, batched, boxes mapped to the 1024 frame.
@@ -13,6 +17,7 @@ is cut off first).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -43,8 +48,13 @@ def _repair_tail(path: str) -> None:
     f.truncate()
 
 
+def failed_row(question_id: str, error: str) -> dict:
+  """The predictions row of a question that could not be answered."""
+  return {"question_id": question_id, "answer": None, "bbox": None, "error": error}
+
+
 def done_ids(path: str | os.PathLike) -> set[str]:
-  """Question ids already answered in a predictions JSONL (unreadable lines are ignored)."""
+  """Question ids already answered in a predictions JSONL (failed rows and unreadable lines are not)."""
   ids: set[str] = set()
   if not os.path.exists(path):
     return ids
@@ -54,9 +64,17 @@ def done_ids(path: str | os.PathLike) -> set[str]:
         row = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if isinstance(row, dict) and "question_id" in row:
+      if isinstance(row, dict) and "question_id" in row and row.get("error") is None:
         ids.add(str(row["question_id"]))
   return ids
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one `run` did: rows written, how many of them record a failed question, the first errors."""
+  written: int = 0
+  failed: int = 0
+  errors: list[str] = dataclasses.field(default_factory=list)   # up to 5 "question_id: error"
 
 
 def _progress(total: int, enabled: bool):
@@ -68,8 +86,10 @@ def _progress(total: int, enabled: bool):
 
 
 def run(questions: Iterable[Question], answer_fn: AnswerFn, predictions_path: str | os.PathLike,
-        batch_size: int = 8, limit: int | None = None, progress: bool = True) -> int:
-  """Answers the questions not yet in `predictions_path`, `batch_size` at a time; returns how many.
+        batch_size: int = 8, limit: int | None = None, progress: bool = True) -> RunResult:
+  """Answers the questions not yet answered in `predictions_path`, `batch_size` at a time.
+
+  Rows with an `error` record failed questions (counted in the result; retried by the next run).
 
   Raises ValueError if `answer_fn` returns the wrong number of rows or rows for other questions.
   """
@@ -84,7 +104,7 @@ def run(questions: Iterable[Question], answer_fn: AnswerFn, predictions_path: st
   if limit is not None:
     todo = todo[:limit]
   bar = _progress(len(todo), progress)
-  written = 0
+  result = RunResult()
   try:
     with open(path, "a", encoding="utf-8") as f:
       for i in range(0, len(todo), batch_size):
@@ -97,15 +117,19 @@ def run(questions: Iterable[Question], answer_fn: AnswerFn, predictions_path: st
           row.setdefault("question_id", q.question_id)
           if str(row["question_id"]) != q.question_id:
             raise ValueError(f"answer_fn answered {row['question_id']!r} for {q.question_id!r}")
+          if row.get("error") is not None:
+            result.failed += 1
+            if len(result.errors) < 5:
+              result.errors.append(f"{q.question_id}: {row['error']}")
           f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
-        written += len(batch)
+        result.written += len(batch)
         if bar is not None:
           bar.update(len(batch))
   finally:
     if bar is not None:
       bar.close()
-  return written
+  return result
 
 
 def _image_path(image_dir: str, q: Question) -> str:
@@ -141,7 +165,7 @@ def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", 
                     seed: int = 0) -> AnswerFn:
   """An `answer_fn` that runs the model in `model_dir` (HF layout: config, safetensors, tokenizer)
   through the perception loop (`zoomjax.rollout.loop.rollout`), greedy. A question whose image cannot be
-  read gets `answer: ""` and an `error` field instead of stopping the run."""
+  read gets a `failed_row` instead of stopping the run."""
   try:
     from zoomjax.rollout.generate import Generator
     from zoomjax.rollout.loop import LoopConfig, Request, rollout
@@ -169,8 +193,7 @@ def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", 
                     seed=seed)[0]
         rows.append(prediction_row(q, t, cfg))
       except (ImageError, OSError, ValueError) as e:
-        rows.append({"question_id": q.question_id, "answer": "", "bbox": None,
-                     "error": f"{type(e).__name__}: {e}"})
+        rows.append(failed_row(q.question_id, f"{type(e).__name__}: {e}"))
     return rows
 
   def answer_fn(questions: Sequence[Question]) -> list[dict]:

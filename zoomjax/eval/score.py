@@ -10,18 +10,28 @@ Prediction rows (one JSON object per line):
 * optional: `stage1_answer` (string or null: the answer before zooming), `turns`, `visual_tokens`
   (numbers). Other fields are ignored.
 
+A row with a non-null `error` (and no `answer` needed) records a question that *failed* — its image could
+not be read, say (`zoomjax.eval run` writes these). It is not scored (with `strict`, it scores as
+wrong), it is counted in `errors`, and a later successful row for the same question replaces it (the
+next `eval run` retries failed questions and appends their answers).
+
 A malformed row — bad JSON, not an object, a missing or mistyped field, a bad box, an unknown or
 duplicate `question_id` — is reported with its line number, counted and skipped; scoring continues.
 Annotation rows the loader rejects (e.g. an unknown LRS-GRO `type`) are reported the same way.
 Questions without a prediction are left out of the metrics (`rows.missing` counts them) unless
-`strict=True`, which scores them as wrong with no box.
+`strict=True`, which scores them as wrong with no box. `coverage` says how many of the annotated
+questions the metrics cover (`scored` / `annotated`); the markdown table shows it beside the numbers.
 
 REPORT.json (SPEC §8; fractions in [0, 1]):
 
     {"overall": {"accuracy", "apo_iou", "n", ...}, "by_type": {"global": {"accuracy", "n", ...}, ...},
      "by_category": ..., "by_higher_level": ..., "stage1": ..., "crop": ..., "mean_turns": ...,
-     "mean_visual_tokens": ..., "rows": {"predictions", "scored", "skipped", "missing",
-     "annotations_skipped"}, "problems": [{"file", "line", "message"}, ...], "settings": {...}}
+     "mean_visual_tokens": ..., "rows": {"predictions", "scored", "skipped", "missing", "errors",
+     "annotations", "annotations_skipped"}, "coverage": {"scored", "annotated", "fraction"},
+     "errors": n, "problems": [{"file", "line", "message"}, ...], "settings": {...}}
+
+`incomplete(report)` says why a report is not a full result (nothing scored, rows skipped, questions
+failed), or returns None; the CLI exits 1 when it is not None.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ class Prediction:
   turns: float | None = None
   visual_tokens: float | None = None
   line: int = 0
+  error: str | None = None            # the question failed (no answer); see the module docstring
 
 
 def _number(row: dict, key: str) -> float | None:
@@ -66,12 +77,15 @@ def parse_prediction(row: Any) -> Prediction:
   """One prediction row -> `Prediction`; raises `RowError` with the reason when malformed."""
   if not isinstance(row, dict):
     raise RowError(f"expected a JSON object, got {type(row).__name__}")
-  missing = [k for k in ("question_id", "answer") if k not in row]
+  failed = row.get("error") is not None
+  missing = [k for k in (("question_id",) if failed else ("question_id", "answer")) if k not in row]
   if missing:
     raise RowError(f"missing field(s) {', '.join(missing)}")
   qid = row["question_id"]
   if isinstance(qid, bool) or not isinstance(qid, (str, int)):
     raise RowError(f"question_id must be a string, got {qid!r}")
+  if failed:
+    return Prediction(question_id=str(qid), answer="", error=str(row["error"]))
   if not isinstance(row["answer"], str):
     raise RowError(f"answer must be a string, got {type(row['answer']).__name__}")
   stage1 = row.get("stage1_answer", _ABSENT)
@@ -85,7 +99,8 @@ def parse_prediction(row: Any) -> Prediction:
 def read_predictions(path, known: dict[str, Question] | None = None
                      ) -> tuple[dict[str, Prediction], list[Problem], int]:
   """(predictions by id, problems, number of non-blank lines). Unknown ids are problems when `known`
-  is given; a repeated id keeps the first row."""
+  is given; a repeated id keeps the first answered row (a failed row is replaced by a later answer,
+  and a failure after an answer is ignored)."""
   preds: dict[str, Prediction] = {}
   problems: list[Problem] = []
   lines = 0
@@ -96,9 +111,14 @@ def read_predictions(path, known: dict[str, Question] | None = None
         p = parse_prediction(obj)
         if known is not None and p.question_id not in known:
           raise RowError(f"unknown question_id {p.question_id!r}")
-        if p.question_id in preds:
-          raise RowError(f"duplicate question_id {p.question_id!r} (first on line "
-                         f"{preds[p.question_id].line})")
+        prev = preds.get(p.question_id)
+        if prev is not None and (p.error is not None or prev.error is not None):
+          if prev.error is not None:       # a retried question: the latest attempt counts
+            p.line = n
+            preds[p.question_id] = p
+          continue
+        if prev is not None:
+          raise RowError(f"duplicate question_id {p.question_id!r} (first on line {prev.line})")
       except RowError as e:
         err = str(e)
       else:
@@ -122,12 +142,14 @@ def judge_answer(q: Question, answer: str | None, rule: str = "extended") -> tup
 
 def score(questions: list[Question], preds: dict[str, Prediction], rule: str = "extended",
           strict: bool = False) -> tuple[list[metrics.Scored], int]:
-  """Judges every question that has a prediction (all of them with `strict`) -> (records, missing)."""
+  """Judges every question that has an answer (all of them with `strict`) -> (records, missing).
+
+  `missing` counts questions without a row; failed rows (`error`) are counted by `failures`."""
   out, missing = [], 0
   for q in questions:
     p = preds.get(q.question_id)
-    if p is None:
-      missing += 1
+    if p is None or p.error is not None:
+      missing += p is None
       if not strict:
         continue
       p = Prediction(q.question_id, "")
@@ -143,26 +165,67 @@ def score(questions: list[Question], preds: dict[str, Prediction], rule: str = "
 
 
 def score_files(predictions_path, annotations_path, benchmark: str = "lrs_gro",
-                rule: str = "extended", apo: str = "plain", strict: bool = False) -> dict:
-  """The whole `score` command minus the writing: returns the report dict."""
-  questions, ann_problems = loaders.load(annotations_path, benchmark)
+                rule: str = "extended", apo: str = "plain", strict: bool = False,
+                annotations: tuple[list[Question], list[Problem]] | None = None) -> dict:
+  """The whole `score` command minus the writing: returns the report dict.
+
+  `annotations`: `loaders.load(annotations_path, benchmark)` when the caller has it already."""
+  questions, ann_problems = annotations or loaders.load(annotations_path, benchmark)
   known = {q.question_id: q for q in questions}
   preds, pred_problems, lines = read_predictions(predictions_path, known)
   records, missing = score(questions, preds, rule, strict)
+  failed = failures(questions, preds)
   report = metrics.compute(records, apo)
   problems = ([{"file": "predictions", "line": p.line, "message": p.message} for p in pred_problems]
               + [{"file": "annotations", "line": p.line, "message": p.message}
                  for p in ann_problems])
   report["benchmark"] = benchmark
   report["rows"] = {"predictions": lines, "scored": len(records), "skipped": len(pred_problems),
-                    "missing": missing, "annotations": len(questions),
+                    "missing": missing, "errors": len(failed), "annotations": len(questions),
                     "annotations_skipped": len(ann_problems)}
+  annotated = len(questions) + len(ann_problems)
+  report["coverage"] = {"scored": len(records), "annotated": annotated,
+                        "fraction": len(records) / annotated if annotated else 0.0}
+  report["errors"] = len(failed)
+  report["failed"] = [{"question_id": p.question_id, "error": p.error}
+                      for p in failed[:MAX_LISTED_PROBLEMS]]
   report["problems"] = problems[:MAX_LISTED_PROBLEMS]
   report["problems_truncated"] = len(problems) > MAX_LISTED_PROBLEMS
   report["settings"] = {"predictions": os.fspath(predictions_path),
                         "annotations": os.fspath(annotations_path), "judge_rule": rule, "apo": apo,
                         "strict": strict, "threshold": judge.THRESHOLD}
   return report
+
+
+def failures(questions: list[Question], preds: dict[str, Prediction]) -> list[Prediction]:
+  """The annotated questions whose (latest) row records a failure, in annotation order."""
+  return [p for q in questions if (p := preds.get(q.question_id)) is not None and p.error is not None]
+
+
+def incomplete(report: dict) -> str | None:
+  """Why `report` is not a complete result, in one sentence with counts; None when it is."""
+  rows, cov = report["rows"], report["coverage"]
+  if rows["annotations"] == 0:
+    if rows["annotations_skipped"]:
+      first = next((p["message"] for p in report["problems"] if p["file"] == "annotations"), "")
+      return (f"the {report['benchmark']} loader rejected all {rows['annotations_skipped']} annotation "
+              f"rows (first: {first}); is --benchmark right?")
+    return "the annotation file holds no questions"
+  why = []
+  if cov["scored"] == 0:
+    why.append(f"nothing scored: none of the {rows['annotations']} annotated questions has an answer in "
+               f"the predictions ({rows['predictions']} lines)")
+  if rows["errors"]:
+    first = report["failed"][0]["error"] if report.get("failed") else ""
+    why.append(f"{rows['errors']} questions failed (first: {first})")
+  if rows["skipped"]:
+    why.append(f"{rows['skipped']} prediction rows skipped as malformed")
+  if rows["annotations_skipped"]:
+    why.append(f"{rows['annotations_skipped']} annotation rows rejected by the {report['benchmark']} loader")
+  if not why:
+    return None
+  return (f"{'; '.join(why)} — scored {cov['scored']} of {cov['annotated']} annotated questions "
+          "(problems listed in the report)")
 
 
 def write_report(report: dict, out_path, name: str | None = None) -> tuple[str, str]:

@@ -249,8 +249,19 @@ class ModelConfig:
     f = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(f):
       raise ConfigError(f"no config.json in {os.fspath(path)!r}")
-    with open(f) as fh:
-      return cls.from_hf_dict(json.load(fh), **runtime)
+    try:
+      with open(f, encoding="utf-8") as fh:
+        d = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ConfigError(f"{f} is not valid JSON ({e}); restore or regenerate it") from None
+    if not isinstance(d, dict):
+      raise ConfigError(f"{f} holds a JSON {type(d).__name__}, not a config object")
+    try:
+      return cls.from_hf_dict(d, **runtime)
+    except ConfigError as e:
+      raise ConfigError(f"{f}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+      raise ConfigError(f"{f} is not a Qwen2.5-VL config ({type(e).__name__}: {e})") from None
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The nested HF layout that `transformers.Qwen2_5_VLConfig(**d)` accepts."""

@@ -5,6 +5,10 @@ all, the embedded default runs: Toy Earth is generated and the
 in-process tokenizer trained on first use, a tiny Qwen2.5-VL trains on a CPU, is evaluated on held-out
 data, and the run directory is printed. CONFIG is a path or a name in `configs/` (`toy_earth_sft`,
 `lrs_gro_3b_v5e16`, ...); overrides use dotted keys (`optim.lr=1e-4 mesh.fsdp=4 steps=50`).
+
+Exit status (SPEC §9): 0 done; 2 a bad config key or value, an unwritable run_dir, unusable data or a
+run_dir holding another model's checkpoint (one `error:` line; `--debug` shows the traceback); 130 / 143
+stopped by SIGINT / SIGTERM after saving a checkpoint (rerun to resume); 1 anything else.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 
-from zoomjax.train.config import ConfigError, load_config, to_dict
+from zoomjax import cli
+from zoomjax.train.config import load_config, to_dict
 
 DEFAULT_CONFIG = "embedded"
 
@@ -25,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value",
                  help="an optional config file (first), then dotted overrides")
   p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  cli.add_debug(p)
   return p.parse_args(argv)
 
 
@@ -43,6 +48,15 @@ def _set_cpu_devices(n: int) -> None:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def preflight(cfg) -> None:
+  """Refuses, before anything is built, what would fail late: an unwritable run_dir, a corrupt Toy Earth
+  meta.json in data.root (`cli.UserError`, exit 2)."""
+  cli.writable_dir(cfg.run_dir, "run_dir")
+  if cfg.data.kind == "toy_earth":
+    from zoomjax.data import toy_earth
+    toy_earth.read_meta(os.path.abspath(cfg.path(cfg.data.root)))
+
+
 def _exit(code: int) -> None:
   """Leaves at once: background threads (data prefetch, async checkpoint writers) must not keep a failed
   run alive."""
@@ -51,38 +65,33 @@ def _exit(code: int) -> None:
   os._exit(code)
 
 
+@cli.main(exit_fn=_exit)  # a failure exits at once, even if a data / checkpoint thread is still alive
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  try:
-    cfg, ns = resolve(argv)
-  except ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    return 2
+  cfg, ns = resolve(argv)
   if ns.print_config:
     import yaml
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
+  preflight(cfg)
   _set_cpu_devices(cfg.distributed.local_device_count)
   from zoomjax.train.trainer import PREEMPTED_EXIT_CODE, train
-  try:
-    summary = train(cfg)
-  except ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    _exit(2)
-  except BaseException:  # noqa: BLE001  report, then exit even if a data/checkpoint thread is still alive
-    traceback.print_exc()
-    _exit(1)
+  summary = train(cfg)
   import jax
   if jax.process_index() == 0:
     report(summary)
-  return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
+  if not summary.get("preempted"):
+    return 0
+  if summary.get("exit_code"):
+    return int(summary["exit_code"])
+  return cli.EXIT_INTERRUPTED if summary.get("signal") == "SIGINT" else PREEMPTED_EXIT_CODE
 
 
 def report(summary: dict) -> None:
   last = summary.get("last") or {}
   lines = ["", f"run directory:   {summary['run_dir']}"]
   if summary.get("preempted"):
-    lines.append(f"stopped by SIGTERM at step {summary['final_step']}; checkpoint saved, rerun to resume")
+    lines.append(f"stopped by {summary.get('signal', 'SIGTERM')} at step {summary['final_step']}; checkpoint "
+                 "saved, rerun to resume")
   if "first_loss" in summary and last:
     lines.append(f"train loss:      {summary['first_loss']:.4f} (step {summary['first_loss_step']}) -> "
                  f"{last.get('loss', float('nan')):.4f} "
