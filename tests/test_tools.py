@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jax
+import jax.numpy as jnp
+
+from zoomjax import hf
+from zoomjax.data.tokenizer import padded_vocab_size, save_tokenizer, special_ids, train_tokenizer
+from zoomjax.infer import main as infer_main
+from zoomjax.model import ModelConfig, init_params
+from zoomjax.processing import preprocess_image
 from zoomjax.protocol import templates as P
+from zoomjax.rollout.generate import Generator, bucket
+from zoomjax.rollout.loop import LoopConfig, Request, rollout
 from zoomjax.tools import (DOWNSTREAM_TOOLS, FunctionTool, PluginError, SceneImage, ToolResult, box_window,
                            downstream_registry, run_on_box)
 from zoomjax.tools import methods as M
@@ -344,3 +354,63 @@ def test_result_types():
   res = downstream_registry().call("segmentation", scene_of(np.full((60, 80, 3), 128, np.uint8)),
                                    {"bbox_2d": [5, 5, 40, 40], "label": "ships"})   # extra keys are ignored
   assert isinstance(res, ToolResult) and res.ok and res.info["box_global"] == [5.0, 5.0, 40.0, 40.0]
+
+
+@pytest.mark.slow
+def test_multiturn_rollout_lists_and_runs_the_downstream_tools(objects):
+  """A tiny model forced (logit bias) to call `segmentation` then answer: the prompt holds every registered
+  schema, the loop runs the tool, and its image and summary come back as the `<tool_response>`."""
+  img, _ = objects
+  reg = downstream_registry(full_copy=False)
+  args = {"bbox_2d": [96, 80, 224, 200]}
+  res = reg.call("segmentation", scene_of(img), args)
+  call = "<think>segment</think>\n" + P.tool_call_text("segmentation", args)
+  final = "<think>ok</think>\n<answer>4</answer>"
+  rendered = P.render_multiturn_trajectory("How many?", [call, final], [[P.IMAGE, res.text]],
+                                           tools=reg.schemas(), max_turns=1)
+  tok = train_tokenizer([rendered.text] * 4, vocab_size=600)
+  cfg = ModelConfig.tiny(vocab_size=padded_vocab_size(tok), **special_ids(tok))
+  small = dict(min_pixels=28 * 28, max_pixels=56 * 56 * 4)
+  counts = [int(np.prod(preprocess_image(im, **small)[1])) // 4 for im in (scene_of(img).view, res.image)]
+  ids, mask = P.encode_segments(rendered, lambda s: tok.encode(s, add_special_tokens=False).ids, counts,
+                                tok.token_to_id(P.IMAGE_PAD))
+  im_end = tok.token_to_id(P.IM_END)
+  table = jnp.asarray(np.where(np.asarray(mask) == 1, ids, im_end)[None].repeat(bucket(1, 1), 0))
+  force = lambda logits, n: jnp.where(  # noqa: E731
+      jnp.arange(logits.shape[-1])[None] == table[jnp.arange(logits.shape[0]), jnp.clip(n, 0, len(ids) - 1)][:, None],
+      1e4, -1e4)
+  (traj,) = rollout(Generator(cfg, init_params(cfg, jax.random.key(0))), tok, [Request(Image.fromarray(img), "How many?")],
+                    LoopConfig(protocol="multiturn", max_turns=1, max_new_tokens=64, max_total_tokens=4096, **small),
+                    registry=reg, logits_processor=force)
+  np.testing.assert_array_equal(traj.token_ids, ids)
+  np.testing.assert_array_equal(traj.loss_mask, mask)
+  assert traj.answer == "4" and traj.stop_reason == "answer" and traj.num_zooms == 0
+  (got,) = traj.tool_results
+  assert got.ok and got.text == res.text and np.array_equal(got.info["mask"], res.info["mask"])
+  assert all(json.dumps(s, ensure_ascii=False) in tok.decode(traj.token_ids[:traj.prompt_len].tolist())
+             for s in reg.schemas())
+
+
+def test_infer_tools_flag_checks_names_before_loading(tmp_path, capsys):
+  img = tmp_path / "scene.png"
+  Image.new("RGB", (64, 48), (10, 20, 30)).save(img)
+  rc = infer_main(["--model", str(tmp_path / "no_model"), "--image", str(img), "--question", "q",
+                   "--tools", "denoising,sharpening"])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.startswith("error: --tools") and "sharpening" in err and "segmentation" in err
+
+
+@pytest.mark.slow
+def test_infer_tools_without_a_box_exits_1(tmp_path, capsys):
+  tok = train_tokenizer([P.render_prompt("What is it?", "released").text] * 4, vocab_size=600)
+  save_tokenizer(tok, tmp_path / "m")
+  cfg = ModelConfig.tiny(vocab_size=padded_vocab_size(tok), **special_ids(tok))
+  hf.save(tmp_path / "m", cfg, init_params(cfg, jax.random.key(0)))
+  img = tmp_path / "scene.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(img)
+  rc = infer_main(["--model", str(tmp_path / "m"), "--image", str(img), "--question", "What is it?", "--json",
+                   "--max-new-tokens", "4", "--max-pixels", str(56 * 56 * 4), "--tools", "denoising",
+                   "--tools-out", str(tmp_path / "png")])
+  out, err = capsys.readouterr()
+  res = json.loads(out.strip().splitlines()[-1])
+  assert rc == 1 and res["tools"] == [] and res["boxes_global"] == [] and "requested no box" in err

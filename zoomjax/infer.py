@@ -12,7 +12,10 @@ refused), and any mode (RGBA, greyscale, 16-bit, multi-band TIFF) is converted t
 
 Prints the answer, every requested box (global-view and original pixels) and why decoding stopped; with
 `--out` writes a PNG: the global view with the requested box(es) drawn, and the crop(s) beside it.
-Exit status: 0 done, 2 unusable image / model / arguments.
+With `--tools NAME[,NAME]` the downstream tools (`zoomjax.tools`) run on the model's requested box and write
+`NAME_before.png` / `NAME_after.png` to `--tools-out`.
+Exit status: 0 done, 1 `--tools` could not run (no box requested, or a tool failed), 2 unusable image / model
+/ arguments.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="parameter / compute dtype (default: %(default)s)")
   p.add_argument("--out", default=None, help="write a PNG: global view with the box, crop(s) beside it")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+  p.add_argument("--tools", default=None, metavar="NAME[,NAME]",
+                 help="run downstream tools (cloud_removal, denoising, segmentation, image_editing, plug-ins of "
+                      "the zoomjax.tools entry-point group) on the model's requested box; writes "
+                      "NAME_before.png and NAME_after.png to --tools-out")
+  p.add_argument("--tools-out", default=".", help="folder for the --tools PNGs (default: %(default)s)")
   cli.add_debug(p)
   return p
 
@@ -127,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
+  if args.tools:   # before the model loads: an unknown tool fails fast
+    from zoomjax import tools as ztools
+    try:
+      tool_registry, tool_names = ztools.select_tools(args.tools)
+    except (ValueError, ztools.PluginError) as e:
+      print(f"error: --tools {args.tools}: {e}", file=sys.stderr)
+      return 2
+
   import jax.numpy as jnp
 
   from zoomjax import hf
@@ -149,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
   view_size = traj.info["view_size"]
+  tool_rows = None
+  if args.tools:   # the downstream tools on the model's (first) requested box, before/after PNGs
+    tool_rows = (ztools.run_on_box(tool_registry, tool_names, ztools.SceneImage.from_original(original),
+                                   traj.boxes_global[0], args.tools_out) if traj.boxes_global else [])
   if args.out:
     from zoomjax.rollout.tools import SceneImage
     view = SceneImage.from_original(original).view
@@ -156,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.json:
     out = traj.summary()
     out.update(image_size=list(traj.info["original_size"]), view_size=list(view_size), out=args.out)
+    if tool_rows is not None:
+      out["tools"] = tool_rows
     print(json.dumps(out, ensure_ascii=False))
   else:
     print(f"answer: {traj.answer if traj.answer is not None else '(none)'}")
@@ -169,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"stop: {traj.stop_reason}")
     if args.out:
       print(f"wrote {args.out}")
+    for r in tool_rows or ():
+      print(f"tool {r['name']}: {r['text']}" + (f" (wrote {r['before']}, {r['after']})" if r["after"] else ""))
+  if tool_rows is not None and (not traj.boxes_global or not all(r["ok"] for r in tool_rows)):
+    failed = [r["name"] for r in tool_rows if not r["ok"]]
+    print("error: --tools: " + (f"{len(failed)} of {len(tool_rows)} tool(s) failed: {', '.join(failed)}" if failed
+                                else "the model requested no box, so no tool ran"), file=sys.stderr)
+    return 1
   return 0
 
 

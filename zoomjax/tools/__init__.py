@@ -51,12 +51,12 @@ from zoomjax.rollout.tools import SceneImage, Tool, ToolArgumentError, ToolError
 from zoomjax.tools.base import FunctionTool, RegionOutput, RegionTool, box_window
 from zoomjax.tools.downstream import CloudRemoval, Denoising, ImageEditing, Segmentation
 from zoomjax.tools.registry import (DOWNSTREAM_TOOLS, ENTRY_POINT_GROUP, PluginError, downstream_registry,
-                                    entry_point_tools, region_view, run_on_box)
+                                    entry_point_tools, region_view, run_on_box, select_tools)
 
 __all__ = [
     "SceneImage", "Tool", "ToolArgumentError", "ToolError", "ToolRegistry", "ToolResult",
     "FunctionTool", "RegionOutput", "RegionTool", "box_window",
     "CloudRemoval", "Denoising", "ImageEditing", "Segmentation",
     "DOWNSTREAM_TOOLS", "ENTRY_POINT_GROUP", "PluginError", "downstream_registry", "entry_point_tools",
-    "region_view", "run_on_box",
+    "region_view", "run_on_box", "select_tools",
 ]

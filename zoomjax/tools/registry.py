@@ -61,7 +61,8 @@ def downstream_registry(load_entry_points: bool = False, *, tools: Iterable[Tool
   Args:
     load_entry_points: also register the plug-ins installed packages declare (`entry_point_tools`).
     tools: extra tools (e.g. `FunctionTool`s wrapping your own models).
-    full_copy: whether pixel-changing tools return `info["edited"]` (a full-resolution copy).
+    full_copy: whether pixel-changing tools return `info["edited"]` (a full-resolution copy of the scene;
+      pass False in rollouts, where every call's result stays in the trajectory).
   Raises:
     PluginError: a plug-in cannot be loaded; ValueError: two tools share a name.
   """
@@ -73,6 +74,23 @@ def downstream_registry(load_entry_points: bool = False, *, tools: Iterable[Tool
     for t in entry_point_tools():
       reg.register(t)
   return reg
+
+
+def select_tools(spec: str, *, load_entry_points: bool = True) -> tuple[ToolRegistry, list[str]]:
+  """`"denoising,segmentation"` (the `--tools` flag) -> (the registry, with plug-ins, and the names in order).
+
+  Raises:
+    ValueError: an empty list or an unknown name (the message lists the registered tools);
+    PluginError: a plug-in cannot be loaded.
+  """
+  reg = downstream_registry(load_entry_points=load_entry_points)
+  names = [n.strip() for n in str(spec).split(",") if n.strip()]
+  if not names:
+    raise ValueError(f"name at least one tool; registered: {', '.join(reg.names())}")
+  unknown = [n for n in names if n not in reg]
+  if unknown:
+    raise ValueError(f"unknown tool(s) {', '.join(unknown)}; registered: {', '.join(reg.names())}")
+  return reg, list(dict.fromkeys(names))
 
 
 def region_view(scene: SceneImage, box_global: Sequence[float], long_side: int = zimages.GLOBAL_LONG_SIDE):
