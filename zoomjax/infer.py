@@ -6,11 +6,13 @@
 
 DIR is a Hugging Face directory (config.json, safetensors, tokenizer files), e.g. `HappyBug/ZoomEarth-3B`
 downloaded locally, or one written by `zoomjax.hf.save` / `python -m zoomjax.train`. The image is read
-lazily: its size is checked against `--max-image-pixels` before any decoding (decompression bombs are
-refused), and any mode (RGBA, greyscale, 16-bit, multi-band TIFF) is converted to RGB by the rule of
-`zoomjax.data.images`.
+lazily: a TIFF / GeoTIFF is read by window (the global view from its overviews, the crop at full resolution;
+`--bands` picks the bands), other formats have their size checked against `--max-image-pixels` before any
+decoding (decompression bombs are refused), and any mode (RGBA, greyscale, 16-bit, multi-band TIFF) is
+converted to RGB by the rule of `zoomjax.data.images`.
 
-Prints the answer, every requested box (global-view and original pixels) and why decoding stopped; with
+Prints the answer, every requested box (global-view and original pixels, and map coordinates with the CRS
+when the image is a georeferenced GeoTIFF: `--json` adds `crs` and `boxes_map`) and why decoding stopped; with
 `--out` writes a PNG: the global view with the requested box(es) drawn, and the crop(s) beside it.
 With `--tools NAME[,NAME]` the downstream tools (`zoomjax.tools`) run on the model's requested box and write
 `NAME_before.png` / `NAME_after.png` to `--tools-out`.
@@ -56,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-pixels", type=int, default=12845056,
                  help="processor pixel budget of each model image (default: %(default)s)")
   p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                 help="refuse input images with more pixels, 0 = no limit (decompression-bomb guard; default: %(default)s)")
+                 help="refuse input images with more pixels, 0 = no limit (decompression-bomb guard; default: %(default)s); "
+                      "a TIFF is read by window, so this bounds each window read instead")
+  p.add_argument("--bands", default=None,
+                 help="TIFF: 1-based bands to show, one (grey) or three as R,G,B, e.g. 4,3,2 "
+                      "(default: 1,2,3, or 1 for a one- or two-band file)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="parameter / compute dtype (default: %(default)s)")
   p.add_argument("--out", default=None, help="write a PNG: global view with the box, crop(s) beside it")
@@ -128,11 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  # The image first: a bad image fails fast, before the model is loaded.
+  # The image first: a bad image fails fast, before the model is loaded. A TIFF is read by window.
+  from zoomjax.rollout.tools import SceneImage
   try:
-    original = zimages.load_image(args.image, max_pixels=args.max_image_pixels)
+    bands = None if args.bands is None else [int(b) for b in args.bands.split(",")]
+    scene = SceneImage.open(args.image, max_pixels=args.max_image_pixels, bands=bands)
   except zimages.ImageError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except ValueError as e:
+    print(f"error: --bands {args.bands}: {e}", file=sys.stderr)
     return 2
 
   if args.tools:   # before the model loads: an unknown tool fails fast
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_total_tokens=args.max_total_tokens, sampling=sampling, max_pixels=args.max_pixels,
                         max_image_pixels=args.max_image_pixels)
   try:
-    (traj,) = rollout(Generator(cfg, params), tokenizer, [Request(original, args.question)], loop_cfg,
+    (traj,) = rollout(Generator(cfg, params), tokenizer, [Request(scene, args.question)], loop_cfg,
                       seed=args.seed)
   except ValueError as e:  # e.g. the prompt alone exceeds --max-total-tokens
     print(f"error: {e}", file=sys.stderr)
@@ -167,15 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   view_size = traj.info["view_size"]
   tool_rows = None
   if args.tools:   # the downstream tools on the model's (first) requested box, before/after PNGs
-    tool_rows = (ztools.run_on_box(tool_registry, tool_names, ztools.SceneImage.from_original(original),
-                                   traj.boxes_global[0], args.tools_out) if traj.boxes_global else [])
+    tool_rows = (ztools.run_on_box(tool_registry, tool_names, scene, traj.boxes_global[0], args.tools_out)
+                 if traj.boxes_global else [])
   if args.out:
-    from zoomjax.rollout.tools import SceneImage
-    view = SceneImage.from_original(original).view
-    render_result(view, traj.boxes_global, traj.crops, traj.answer).save(args.out, format="PNG")
+    render_result(scene.view, traj.boxes_global, traj.crops, traj.answer).save(args.out, format="PNG")
   if args.json:
     out = traj.summary()
     out.update(image_size=list(traj.info["original_size"]), view_size=list(view_size), out=args.out)
+    if scene.crs is not None:   # georeferenced: each box also in map coordinates
+      out.update(crs=scene.crs, boxes_map=[None if b is None else scene.box_to_map(b)[0]
+                                           for b in traj.boxes_original])
     if tool_rows is not None:
       out["tools"] = tool_rows
     print(json.dumps(out, ensure_ascii=False))
@@ -188,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"{tag} (global view {view_size[0]}x{view_size[1]}): {[round(v, 1) for v in bg]}")
       w, h = traj.info["original_size"]
       print(f"{tag} (original {w}x{h}): {[round(v, 1) for v in bo]}")
+      if scene.crs is not None and bo is not None:
+        print(f"{tag} (map, {scene.crs}): {[round(v, 3) for v in scene.box_to_map(bo)[0]]}")
     print(f"stop: {traj.stop_reason}")
     if args.out:
       print(f"wrote {args.out}")

@@ -19,6 +19,11 @@ this rule:
 Anything Pillow cannot identify or decode raises `ImageDecodeError`; a missing file raises
 `ImageNotFoundError` (also a `FileNotFoundError`). Both derive from `ImageError`.
 
+Memory: Pillow decodes PNG, JPEG, ... whole, as `W * H * 4` bytes (`decoded_bytes`; a 29,000 px square
+scene: 3.1 GiB), so `max_pixels` (default 900 Mpx, 3.4 GiB) is also the memory bound of one such image and
+`ImageTooLargeError` says how to go beyond it: convert the scene to a tiled GeoTIFF, which
+`zoomjax.data.scene` reads by window (memory bounded by the view and the crop, not the scene).
+
 Geometry (frames, crop rule) lives in `boxes` and is re-exported here.
 """
 
@@ -40,7 +45,8 @@ from zoomjax.data.boxes import (GLOBAL_LONG_SIDE, MIN_CROP, MIN_SHORT_SIDE, clam
 
 __all__ = [
     "ImageError", "ImageDecodeError", "ImageNotFoundError", "ImageTooLargeError", "DEFAULT_MAX_PIXELS",
-    "image_size", "load_image", "to_rgb", "resize_long_side", "global_view", "crop_and_zoom",
+    "image_size", "load_image", "to_rgb", "decoded_bytes", "finite_range", "stretch_to_uint8",
+    "resize_long_side", "global_view", "crop_and_zoom",
     "crop_window", "clamp_box", "global_scale", "resized_size", "gt1024_to_original",
     "original_to_gt1024", "global_to_original", "original_to_global", "ImageStore", "PathEscapeError",
     "resolve_under",
@@ -88,14 +94,30 @@ def _open(path: str | os.PathLike) -> Image.Image:
       Image.MAX_IMAGE_PIXELS = saved
 
 
+# Pillow holds an RGB image at 4 bytes a pixel: decoding a W x H file whole takes W * H * 4 bytes.
+PIL_RGB_BYTES_PER_PIXEL = 4
+
+TILED_GEOTIFF_HINT = ("convert it to a tiled GeoTIFF with overviews, which zoomjax reads by window "
+                      "(`python -m zoomjax.data.scene IN OUT.tif`, or `gdal_translate -co TILED=YES "
+                      "-co COMPRESS=DEFLATE IN OUT.tif && gdaladdo OUT.tif`)")
+
+
+def decoded_bytes(width: int, height: int) -> int:
+  """RAM that decoding a `width x height` image whole to RGB takes in Pillow (`W * H * 4` bytes)."""
+  return int(width) * int(height) * PIL_RGB_BYTES_PER_PIXEL
+
+
 def _check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
+  """Refuses an image decoded whole (PNG, JPEG, ... through Pillow) above `max_pixels`, before decoding."""
   w, h = size
   if w <= 0 or h <= 0:
     raise ImageDecodeError(f"image {path} has an empty size {w}x{h}")
   if max_pixels is not None and w * h > max_pixels:
     raise ImageTooLargeError(
-        f"image {path} is {w}x{h} = {w * h} pixels, above the limit max_pixels={max_pixels} "
-        f"(raise it, e.g. load_image(..., max_pixels=None), if the file is trusted)")
+        f"image {path} is {w}x{h} = {w * h} pixels, above the limit max_pixels={max_pixels}; this format "
+        f"is decoded whole (about {decoded_bytes(w, h) / 2**30:.1f} GiB of RAM): {TILED_GEOTIFF_HINT}, "
+        f"or raise the limit (max_pixels / --max-image-pixels; None = no limit) if the file is trusted "
+        f"and the memory is there")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -127,26 +149,47 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
       if raw is not None:
         return Image.fromarray(raw)
     im.load()
+    if im.mode == "RGB" and getattr(im, "fp", None) is None:
+      # Decoded and its file already closed (single-frame formats): hand it over instead of copying,
+      # so the peak is one decoded image, not two.
+      out, im = im, None
+      return out
     return to_rgb(im)
   except ImageError:
     raise
   except (OSError, ValueError, SyntaxError, EOFError) as e:
     raise ImageDecodeError(f"cannot decode image {path}: {e}") from e
   finally:
-    im.close()
+    if im is not None:
+      im.close()
+
+
+def finite_range(a: np.ndarray) -> tuple[float, float] | None:
+  """`(min, max)` of the finite values of `a`, or None when it has none (the stretch's range)."""
+  a = np.asarray(a)
+  if a.dtype.kind in "ui":
+    return (float(a.min()), float(a.max())) if a.size else None
+  finite = np.isfinite(a)
+  if not finite.any():
+    return None
+  return float(a[finite].min()), float(a[finite].max())
+
+
+def stretch_to_uint8(a: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+  """Linear `value_range` = (lo, hi) -> [0, 255] (NaN/inf -> lo; None or lo == hi -> 0; clipped)."""
+  if value_range is None:
+    return np.zeros(np.shape(a), np.uint8)
+  lo, hi = value_range
+  a = np.asarray(a, dtype=np.float64)
+  a = np.where(np.isfinite(a), a, lo)
+  if hi <= lo:
+    return np.zeros(a.shape, np.uint8)
+  return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
   """Linear [min, max] -> [0, 255] over the whole array (NaN/inf -> min; constant -> 0)."""
-  a = np.asarray(a, dtype=np.float64)
-  finite = np.isfinite(a)
-  if not finite.any():
-    return np.zeros(a.shape, np.uint8)
-  lo, hi = a[finite].min(), a[finite].max()
-  a = np.where(finite, a, lo)
-  if hi <= lo:
-    return np.zeros(a.shape, np.uint8)
-  return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+  return stretch_to_uint8(a, finite_range(a))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -263,11 +306,19 @@ def global_view(img: Image.Image, long_side: int = GLOBAL_LONG_SIDE) -> tuple[Im
   return resize_long_side(img, long_side)
 
 
-def crop_and_zoom(img: Image.Image, box_orig: Sequence[float], min_size: int = MIN_CROP,
+def crop_and_zoom(img, box_orig: Sequence[float], min_size: int = MIN_CROP,
                   max_long_side: int = GLOBAL_LONG_SIDE) -> Image.Image:
-  """Crop `crop_window(box_orig)` from the original and down-scale so its long side <= `max_long_side`."""
-  window = crop_window(box_orig, img.width, img.height, min_size)
-  return resize_long_side(img.crop(window), max_long_side)[0]
+  """Crop `crop_window(box_orig)` from the original and down-scale so its long side <= `max_long_side`.
+
+  `img` is the original as a PIL image, or a scene (`SceneImage`: anything with `original_size` and
+  `read_original(window, max_long_side=...)`), which reads only that window (a windowed GeoTIFF never
+  decodes more than the window, and a window larger than the zoom is read decimated).
+  """
+  if isinstance(img, Image.Image):
+    window = crop_window(box_orig, img.width, img.height, min_size)
+    return resize_long_side(img.crop(window), max_long_side)[0]
+  w, h = img.original_size
+  return img.read_original(crop_window(box_orig, w, h, min_size), max_long_side=max_long_side)
 
 
 class ImageStore:

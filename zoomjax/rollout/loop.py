@@ -31,8 +31,9 @@ Per request (rows run batched, in lock step, in one `Session`):
 Masks: sampled tokens 1; prompt, appended images, tool-response text 0 (`Trajectory`). With a
 `logits_processor` (see `generate.Sampling`) the decode can be biased, e.g. to force a known sequence.
 
-`Request.image` may be a path (decoded with the decompression-bomb limit and the RGB rule of
-`data.images.load_image`) or a PIL image.
+`Request.image` may be a path (`SceneImage.open`: a TIFF / GeoTIFF is read by window, so memory is bounded by
+the view and the crops; other formats are decoded with the pixel limit and the RGB rule of
+`data.images.load_image`), a PIL image or a `SceneImage`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class LoopConfig:
 
 @dataclasses.dataclass
 class Request:
-  """One question about one image (a path or a PIL image; any mode, converted to RGB)."""
+  """One question about one image (a path, a PIL image in any mode, converted to RGB, or a SceneImage)."""
 
   image: Any
   question: str
@@ -117,12 +118,14 @@ class TextCodec:
 
 def _scene(req: Request, cfg: LoopConfig) -> SceneImage:
   img = req.image
-  if isinstance(img, (str, os.PathLike)):
-    img = zimages.load_image(img, max_pixels=cfg.max_image_pixels)
-  elif isinstance(img, Image.Image):
+  if isinstance(img, SceneImage):
+    return img
+  if isinstance(img, (str, os.PathLike)):   # TIFF: read by window; other formats: decoded by Pillow
+    return SceneImage.open(img, long_side=cfg.long_side, max_pixels=cfg.max_image_pixels)
+  if isinstance(img, Image.Image):
     img = zimages.to_rgb(img) if img.mode != "RGB" else img
   else:
-    raise TypeError(f"Request.image must be a path or a PIL image, got {type(img).__name__}")
+    raise TypeError(f"Request.image must be a path, a PIL image or a SceneImage, got {type(img).__name__}")
   return SceneImage.from_original(img, cfg.long_side)
 
 

@@ -13,10 +13,10 @@ Interface (what a downstream tool implements; `zoomjax/tools/` holds those of la
     registry.register(Denoise())
     out = registry.call("denoise", scene, {"bbox_2d": [10, 20, 200, 220]})   # -> ToolResult, never raises
 
-`SceneImage` is what every tool sees: the full-resolution original, the global view the model saw and the
-frame conversion between them. Boxes in arguments are in the model's frame, i.e. global-view pixels
-(`SceneImage.box_to_original` maps them). `Tool.schema()` gives the OpenAI-style function schema the
-multiturn prompt embeds (`registry.schemas()`).
+`SceneImage` is what every tool sees: the full-resolution original (read by window through
+`read_original`), the global view the model saw and the frame conversion between them. Boxes in arguments
+are in the model's frame, i.e. global-view pixels (`SceneImage.box_to_original` maps them).
+`Tool.schema()` gives the OpenAI-style function schema the multiturn prompt embeds (`registry.schemas()`).
 
 `ToolRegistry.call` validates the arguments against the tool's `required` keys, runs `apply`, and turns a
 `ToolArgumentError` (or an `ImageError`) into `ToolResult(error=…, text=…)`, so a bad call made by the
@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Mapping
 from PIL import Image
 
 from zoomjax.data import images as zimages
+from zoomjax.data import scene as zscene
 from zoomjax.protocol.parse import box_from_arguments, sanitize_box
 from zoomjax.protocol.templates import BBOX_2D_PARAM, CROP_AND_ZOOM_DESCRIPTION, CROP_TOOL
 
@@ -49,23 +50,61 @@ class UnknownToolError(ToolError, KeyError):
   """No tool of that name is registered."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SceneImage:
-  """The image a trajectory is about, in both frames.
+  """The image a trajectory is about, in both frames, backed by a pixel source (`zoomjax.data.scene`).
+
+      scene = SceneImage.open("scene.tif", max_pixels=..., bands=None)   # a path: read by window if a TIFF
+      scene = SceneImage.from_original(pil_image)                        # an image in memory
+      scene.original_size, scene.view, scene.view_size
+      scene.read_original((x0, y0, x1, y1))                   # full-resolution pixels of a window
+      scene.read_original(window, max_long_side=512)          # the window zoomed out (bounded read)
+      scene.box_to_map(box_original)                          # ([x_min, y_min, x_max, y_max], "EPSG:…")
+
+  Memory: a scene opened from a TIFF never decodes more than its view and the windows asked for; other
+  files are decoded whole per read (`images.decoded_bytes`), refused above `max_pixels`.
 
   Attributes:
-    original: full-resolution RGB image (W x H).
-    view: the global view the model sees (long side `long_side`, only down-scaled).
+    original: the full-resolution RGB image when the scene was made from one in memory, else None (a
+      file-backed scene): read pixels through `read_original`, never this attribute.
+    view: the global view the model sees (long side `long_side`, only down-scaled); made from the source
+      when not given.
     long_side: global-view long side (512).
+    source: where the pixels come from (`PixelSource(original)` when not given).
   """
 
-  original: Image.Image
-  view: Image.Image
+  original: Image.Image | None = None
+  view: Image.Image | None = None
   long_side: int = zimages.GLOBAL_LONG_SIDE
+  source: Any = None
+
+  def __post_init__(self):
+    if self.source is None:
+      if self.original is None:
+        raise ValueError("SceneImage needs an original image or a source")
+      object.__setattr__(self, "source", zscene.PixelSource(self.original))
+    if self.view is None:
+      w, h = self.source.size
+      object.__setattr__(self, "view", self.source.read((0, 0, w, h), max_long_side=self.long_side))
 
   @classmethod
   def from_original(cls, original: Image.Image, long_side: int = zimages.GLOBAL_LONG_SIDE) -> "SceneImage":
     return cls(original, zimages.global_view(original, long_side)[0], long_side)
+
+  @classmethod
+  def open(cls, path, *, long_side: int = zimages.GLOBAL_LONG_SIDE,
+           max_pixels: int | None = zimages.DEFAULT_MAX_PIXELS, bands=None) -> "SceneImage":
+    """A scene from an image file: TIFF / GeoTIFF read by window (rasterio), other formats by Pillow.
+
+    Args:
+      max_pixels: Pillow formats: the most pixels the image may have (it is decoded whole); TIFF: the
+        most one full-resolution window read may hold (the scene may be larger).
+      bands: TIFF: 1-based band indices, one (grey) or three (R, G, B); None = bands 1-3 (or 1).
+
+    Raises:
+      zoomjax.data.images.ImageError subclasses (missing, undecodable, too large); ValueError (bands).
+    """
+    return cls(None, None, long_side, zscene.open_source(path, max_pixels=max_pixels, bands=bands))
 
   @property
   def view_size(self) -> tuple[int, int]:
@@ -73,19 +112,34 @@ class SceneImage:
 
   @property
   def original_size(self) -> tuple[int, int]:
-    return self.original.size
+    return self.source.size
+
+  @property
+  def crs(self) -> str | None:
+    """The map coordinate system (e.g. "EPSG:32633"), or None when the scene is not georeferenced."""
+    return self.source.crs.to_string() if self.source.georeferenced else None
 
   def box_to_original(self, box_global) -> list[float]:
     """Global-view box -> original pixels (`boxes.global_to_original`)."""
     w, h = self.original_size
     return zimages.global_to_original(box_global, w, h, self.long_side)
 
-  def read_original(self, window) -> Image.Image:
-    """The full-resolution pixels of `window` = (left, top, right, bottom) in original pixels (ints).
+  def box_to_map(self, box_original) -> tuple[list[float], str] | None:
+    """Original-pixel box -> (`[x_min, y_min, x_max, y_max]` in map units, the CRS string) through the
+    file's affine transform, or None when the scene is not georeferenced."""
+    coords = self.source.map_box(box_original)
+    return None if coords is None else (coords, self.source.crs.to_string())
+
+  def read_original(self, window, max_long_side: int | None = None) -> Image.Image:
+    """The pixels of `window` = (left, top, right, bottom) in original pixels (ints), as RGB.
+
+    Full resolution by default; with `max_long_side`, down-scaled so the long side is at most that (the
+    rule of `images.resize_long_side`), reading no more than needed (a decimated read of a GeoTIFF).
 
     Tools read the scene through this method (never `original` directly) so a scene that is read by
-    window (a large GeoTIFF) only ever decodes the region asked for."""
-    return self.original.crop(tuple(int(v) for v in window))
+    window (a large GeoTIFF) only ever decodes the region asked for. A full-resolution window of a
+    TIFF above `max_pixels` raises `ImageTooLargeError` (a tool call reports it as an error result)."""
+    return self.source.read(window, max_long_side)
 
 
 @dataclasses.dataclass
@@ -167,7 +221,7 @@ class CropAndZoom(Tool):
     box_o = image.box_to_original(box_g)
     w, h = image.original_size
     window = zimages.crop_window(box_o, w, h, self.min_size)
-    crop = zimages.crop_and_zoom(image.original, box_o, self.min_size, self.max_long_side)
+    crop = zimages.crop_and_zoom(image, box_o, self.min_size, self.max_long_side)
     return ToolResult(image=crop, info={"box_global": box_g, "box_original": box_o, "window": list(window)})
 
 
