@@ -26,6 +26,7 @@ from zoomjax.data import images as I  # noqa: E402
 from zoomjax.data import lrs_gro as L  # noqa: E402
 from zoomjax.data import pipeline as PL  # noqa: E402
 from zoomjax.data import tokenizer as T  # noqa: E402
+from zoomjax.data import toy_earth_tokenizer  # noqa: E402
 from zoomjax.data import toy_earth as TE  # noqa: E402
 from zoomjax.data import trajectories as TR  # noqa: E402
 
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   I.load_image(os.path.join(src.image_root, src[0].image_name))
   decode_s = time.perf_counter() - t0
-  tok = T.train_tokenizer(T.toy_earth_corpus(0, 8), vocab_size=1024)
+  tok = T.train_tokenizer(toy_earth_tokenizer.corpus(0, 8), vocab_size=1024,
+                          extra_tokens=toy_earth_tokenizer.EXTRA_TOKENS)
   rows = []
   for bname, budget in BUDGETS.items():
     for kind in ("sft", "rl"):

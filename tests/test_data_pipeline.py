@@ -167,3 +167,17 @@ def test_rl_prompts(data, protocol):
     if row.has_box:
       np.testing.assert_allclose(b["gt_box"][r], np.asarray(row.bbox) * 1536 / 1024, rtol=1e-6)
     assert b["global_scale"][r] == pytest.approx(3.0) and b["image_size"][r].tolist() == [1536, 1536]
+
+
+def test_toy_version_and_box_weight(data):
+  _, src, tok = data
+  row = first(src, type="region")
+  plain = TR.SftDataset(src, tok, "released", BUDGET, version=P.TOY_VERSION)[src.rows.index(row)]
+  text = tok.decode(plain["input_ids"].tolist())
+  assert P.TOY_INSTRUCTION in text and P.RELEASED_INSTRUCTION not in text
+  weighted = TR.SftDataset(src, tok, "released", BUDGET, version=P.TOY_VERSION, box_weight=3)[src.rows.index(row)]
+  assert np.array_equal(weighted["input_ids"], plain["input_ids"])         # same ids, only the weights differ
+  m, w = plain["loss_mask"], weighted["loss_mask"]
+  assert set(np.unique(w)) == {0, 1, 3} and ((w > 0) == (m > 0)).all()
+  box = ", ".join(map(str, TR.global_box(row, 1536, 1536)))
+  assert tok.decode(weighted["input_ids"][w == 3].tolist()) == box             # exactly the box's numbers

@@ -2,17 +2,20 @@
 
 import pytest
 
+from zoomjax.data import lrs_gro as L
 from zoomjax.data import tokenizer as T
+from zoomjax.data import trajectories as TR
+from zoomjax.data import toy_earth, toy_earth_tokenizer as TT
 from zoomjax.model.config import ModelConfig
 from zoomjax.protocol import templates as P
 
-VOCAB = 640
+VOCAB = TT.DEFAULT_VOCAB_SIZE
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   out = tmp_path_factory.mktemp("tok")
-  raw = T.train_tokenizer(T.toy_earth_corpus(seed=0, num_images=6), vocab_size=VOCAB)
+  raw = T.train_tokenizer(TT.corpus(seed=0, num_images=6), vocab_size=VOCAB, extra_tokens=TT.EXTRA_TOKENS)
   T.save_tokenizer(raw, out)
   return raw, T.load_tokenizer(out)
 
@@ -60,9 +63,13 @@ def test_digits_and_boundaries(saved):
   assert len(tok.encode("1024", add_special_tokens=False)) == 4           # one token per digit, as Qwen
   ids = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
   assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
-  # The toy vocabulary compresses its own text: the released prompt is far below one token per byte.
+  # The toy vocabulary compresses what the model writes (its merges go to the assistant text first) and
+  # still the released prompt, far below one token per byte.
+  row = L.parse_row(toy_earth.text_rows(0, 100)[-1])
+  gen = "".join(s.text for s in TR.render(row, 2048, 2048).segments if s.kind == "generated")
+  assert len(tok.encode(gen, add_special_tokens=False)) < len(gen.encode()) / 3
   prompt = P.render_prompt("How many water bodies are visible in the image?").text
-  assert len(tok.encode(prompt, add_special_tokens=False)) < len(prompt.encode()) / 3
+  assert len(tok.encode(prompt, add_special_tokens=False)) < len(prompt.encode()) / 2
 
 
 def test_chat_template_matches_protocol(saved):
@@ -81,6 +88,26 @@ def test_chat_template_matches_protocol(saved):
   assert full == ref + "\n"   # the template ends every turn with "<|im_end|>\n"
   plain = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
   assert plain == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_protocol_tags_and_answer_words_are_single_tokens(saved):
+  raw, tok = saved
+  first = VOCAB - len(T.QWEN_ADDED_TOKENS) - len(TT.EXTRA_TOKENS)
+  for k, t in enumerate(TT.EXTRA_TOKENS):                         # added, not special: decoded as text
+    assert tok.encode(t, add_special_tokens=False) == [first + k] and t not in tok.all_special_tokens
+  words = {w for vocab in toy_earth.VOCAB.values() for w in vocab if " " not in w}
+  for w in words:
+    assert len(tok.encode(w, add_special_tokens=False)) == 1, w   # as the model writes it after <answer>
+  ids = tok.encode("<answer>farmland</answer>", add_special_tokens=False)
+  assert len(ids) == 3 and tok.decode(ids) == "<answer>farmland</answer>"
+
+
+def test_toy_prompt_is_short(saved):
+  _, tok = saved
+  q = "How many water bodies are visible in the image?"
+  toy = tok.encode(P.render_prompt(q, version=P.TOY_VERSION).text, add_special_tokens=False)
+  released = tok.encode(P.render_prompt(q).text, add_special_tokens=False)
+  assert len(toy) < 80 < 400 < len(released)
 
 
 def test_too_small_vocab():

@@ -6,8 +6,7 @@ Qwen's order (`<|endoftext|>` … `<|file_sep|>`; `<tool_call>`/`</tool_call>` a
 added but not special, as in Qwen's files), so the layout mirrors Qwen's vocabulary at a small size.
 `save_tokenizer` writes a transformers tokenizer directory (`tokenizer.json`, `tokenizer_config.json`
 with a Qwen2-VL-style chat template that also renders tools) that `AutoTokenizer.from_pretrained` loads
-offline. `toy_earth_tokenizer(out_dir)` trains on Toy Earth trajectories of both protocols (text only, no
-images are rendered) and saves it.
+offline. The Toy Earth recipe (which text, which extra tokens) is `zoomjax.data.toy_earth_tokenizer`.
 
 Special ids always come from the tokenizer (`special_ids(tok)`), never from constants: they differ
 between this tokenizer and Qwen's.
@@ -122,19 +121,23 @@ class TokenizerError(ValueError):
   """A tokenizer lacks a token zoomjax needs, or cannot be loaded."""
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2,
+                    extra_tokens: Sequence[str] = ()):
   """Trains a byte-level BPE (`tokenizers.Tokenizer`) with Qwen's pre-tokenisation and added tokens.
 
   Args:
-    texts: training text. Special-token strings in it are removed first (they are added afterwards as
+    texts: training text. Added-token strings in it are removed first (they are added afterwards as
       whole tokens, so merges are not wasted on them).
-    vocab_size: total vocabulary, added tokens included (>= 256 byte tokens + 22 added tokens).
+    vocab_size: total vocabulary, added tokens included (>= 256 byte tokens + the added tokens).
+    extra_tokens: more added tokens (not special: they decode as text), e.g. protocol tags; their ids
+      come right after the BPE vocabulary, before Qwen's added tokens (which keep the last ids).
   """
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-  n_added = len(QWEN_ADDED_TOKENS)
+  extra = [t for t in dict.fromkeys(extra_tokens) if t not in {c for c, _ in QWEN_ADDED_TOKENS}]
+  n_added = len(QWEN_ADDED_TOKENS) + len(extra)
   if vocab_size < 256 + n_added:
     raise TokenizerError(f"vocab_size must be >= {256 + n_added} (bytes + added tokens), got {vocab_size}")
-  strip = [t for t, _ in QWEN_ADDED_TOKENS]
+  strip = sorted([t for t, _ in QWEN_ADDED_TOKENS] + extra, key=len, reverse=True)
 
   def clean():
     for t in texts:
@@ -152,7 +155,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, 
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
                                 show_progress=False)
   tok.train_from_iterator(clean(), trainer)
-  for content, special in QWEN_ADDED_TOKENS:
+  for content, special in [(t, False) for t in extra] + list(QWEN_ADDED_TOKENS):
     t = AddedToken(content, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False)
     (tok.add_special_tokens if special else tok.add_tokens)([t])
   return tok
@@ -244,44 +247,10 @@ def encoder(tok) -> Callable[[str], list[int]]:
   return lambda s: tok.encode(s, add_special_tokens=False)
 
 
-def toy_earth_corpus(seed: int = 0, num_images: int = 64, size: int = 2048) -> list[str]:
-  """Texts of Toy Earth trajectories (both protocols) and prompts, without rendering any image."""
-  import numpy as np
-
-  from zoomjax.data import lrs_gro, toy_earth, trajectories
-  texts: list[str] = []
-  for i in range(num_images):
-    rng = np.random.default_rng(toy_earth._image_seed(seed, i))
-    lay = toy_earth.make_layout(rng, size)
-    for d in toy_earth._rows("toy.png", lay, toy_earth.questions(lay), "sft", 0):
-      row = lrs_gro.parse_row(d)
-      for proto in P.PROTOCOLS:
-        texts.append(trajectories.render(row, size, size, proto).text)
-  return texts
-
-
 def toy_earth_tokenizer(out_dir: str | os.PathLike, seed: int = 0, num_images: int = 64,
                         vocab_size: int = DEFAULT_VOCAB_SIZE, extra_texts: Sequence[str] = ()) -> str:
-  """Trains the embedded default's tokenizer on Toy Earth text and saves it to `out_dir`."""
-  tok = train_tokenizer(list(toy_earth_corpus(seed, num_images)) + list(extra_texts), vocab_size)
-  return save_tokenizer(tok, out_dir)
+  """Deprecated alias of `zoomjax.data.toy_earth_tokenizer.build` (kept while `zoomjax.train` calls it).
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-  p = argparse.ArgumentParser(prog="python -m zoomjax.data.tokenizer",
-                              description="Train and save the Toy Earth tokenizer (transformers format).")
-  p.add_argument("--out", required=True)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--num-images", type=int, default=64)
-  p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-  a = p.parse_args(argv)
-  path = toy_earth_tokenizer(a.out, a.seed, a.num_images, a.vocab_size)
-  tok = load_tokenizer(path)
-  print(f"tokenizer ({vocab_size(tok)} ids) -> {path}; special ids {special_ids(tok)}")
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
-
+  The import is local on purpose: the Toy Earth recipe imports this module, not the other way round."""
+  from zoomjax.data import toy_earth_tokenizer
+  return toy_earth_tokenizer.build(out_dir, seed, num_images, vocab_size, extra_texts)

@@ -20,7 +20,12 @@ at the example's pixel budget; every `<|image_pad|>` placeholder is expanded to 
 Loss mask: 1 exactly on assistant-generated tokens (`Segment.kind == "generated"`), including the
 `<|im_end|>` that closes each assistant turn (the model must learn to stop, so the end-of-turn token
 after the answer is a target); 0 on the prompt, on tool-response scaffolding and on every image token
-(`<|vision_start|>`, the pads, `<|vision_end|>`).
+(`<|vision_start|>`, the pads, `<|vision_end|>`). With `box_weight` k > 1 the numbers of every box the
+model writes carry k instead of 1 (the loss reads the mask as per-token weights), so the few tokens that
+localise are not drowned by the templated text around them.
+
+Template versions: `render(..., version=)` picks the protocol's prompt template (`released-toy-v1`: the
+released protocol with a one-line instruction, for models trained from scratch on Toy Earth).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ _JSON_BLOCK = re.compile(r"```json.*?```[ \t]*\n?", re.S)
 _BOX_LEAD_IN = re.compile(r"(Reasoning Result:\s*)?(I need to pay attention to the reference object at\s*)?"
                           r"```json.*?```[ \t]*\n?", re.S)
 _LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The numbers of a box the model writes (released JSON block or a multiturn tool call).
+_BOX_NUMBERS = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]*)\]')
 
 
 class TrajectoryError(ValueError):
@@ -90,8 +97,9 @@ def zooms(row: Row, protocol: str) -> bool:
   return row.has_box
 
 
-def render(row: Row, width: int, height: int, protocol: str = "released") -> P.Rendered:
-  """The whole chat (prompt + assistant answer) of an SFT example under `protocol`."""
+def render(row: Row, width: int, height: int, protocol: str = "released", version: str | None = None) -> P.Rendered:
+  """The whole chat (prompt + assistant answer) of an SFT example under `protocol` (template `version`,
+  default the protocol's first: `released-v1` / `multiturn-v1`)."""
   label = row_label(row)
   crop = zooms(row, protocol)
   box = global_box(row, width, height) if row.has_box else None
@@ -109,7 +117,7 @@ def render(row: Row, width: int, height: int, protocol: str = "released") -> P.R
     else:
       stage1 = "This question is about the whole scene, therefore I need to analyze the entire image without cropping."
       stage2 = ""
-    return P.render_released_trajectory(row.question, stage1, stage2, answer, crop=crop)
+    return P.render_released_trajectory(row.question, stage1, stage2, answer, crop=crop, version=version)
   if protocol == "multiturn":
     if row.is_sft:
       think1 = _think(row.global_text, _BOX_LEAD_IN.sub("", row.stage_1_reasoning or ""))
@@ -121,11 +129,12 @@ def render(row: Row, width: int, height: int, protocol: str = "released") -> P.R
     if not crop:
       body = _think(think1, think2)
       return P.render_multiturn_trajectory(row.question, [
-          (f"{P.THINK_START}{body}{P.THINK_END}\n" if body else "") + f"{P.ANSWER_START}{answer}{P.ANSWER_END}"])
+          (f"{P.THINK_START}{body}{P.THINK_END}\n" if body else "") + f"{P.ANSWER_START}{answer}{P.ANSWER_END}"],
+          version=version)
     turn1 = (f"{P.THINK_START}{think1}{P.THINK_END}\n" if think1 else "") + P.tool_call_text(
         "crop_and_zoom", {"bbox_2d": box})
     turn2 = (f"{P.THINK_START}{think2}{P.THINK_END}\n" if think2 else "") + f"{P.ANSWER_START}{answer}{P.ANSWER_END}"
-    return P.render_multiturn_trajectory(row.question, [turn1, turn2])
+    return P.render_multiturn_trajectory(row.question, [turn1, turn2], version=version)
   raise TrajectoryError(f"protocol must be one of {P.PROTOCOLS}, got {protocol!r}")
 
 
@@ -138,13 +147,39 @@ def trajectory_images(row: Row, original, protocol: str = "released", view=None)
   return out
 
 
+def split_box_numbers(rendered: P.Rendered) -> tuple[list[P.Segment], list[bool]]:
+  """The rendering's segments with every generated box's numbers (`"bbox_2d": [<numbers>]`) cut out into
+  their own segments, and a flag per segment: True on those. Digits are single pre-tokens, so tokenising
+  the pieces gives the same ids as tokenising the segment whole."""
+  segs: list[P.Segment] = []
+  flags: list[bool] = []
+  for s in rendered.segments:
+    if s.kind != "generated":
+      segs.append(s)
+      flags.append(False)
+      continue
+    pos = 0
+    for m in _BOX_NUMBERS.finditer(s.text):
+      a, b = m.span(1)
+      for piece, flag in ((s.text[pos:a], False), (s.text[a:b], True)):
+        if piece:
+          segs.append(P.Segment(piece, "generated"))
+          flags.append(flag)
+      pos = b
+    if s.text[pos:]:
+      segs.append(P.Segment(s.text[pos:], "generated"))
+      flags.append(False)
+  return segs, flags
+
+
 def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str], Sequence[int]],
-                   image_pad_id: int, budget: ImageBudget = ImageBudget()) -> dict[str, np.ndarray]:
+                   image_pad_id: int, budget: ImageBudget = ImageBudget(), box_weight: int = 1
+                   ) -> dict[str, np.ndarray]:
   """Preprocesses the images and tokenizes the rendering.
 
   Returns:
-    `input_ids int32[T]`, `loss_mask int32[T]` (1 on generated tokens), `pixel_values float32[P, 1176]`,
-    `image_grid_thw int32[I, 3]`.
+    `input_ids int32[T]`, `loss_mask int32[T]` (1 on generated tokens; `box_weight` on the numbers of a
+    generated box), `pixel_values float32[P, 1176]`, `image_grid_thw int32[I, 3]`.
   """
   from zoomjax.processing import num_image_tokens, preprocess_image  # light, but keep import local
   if len(images) != rendered.num_images:
@@ -155,7 +190,18 @@ def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str
     pvs.append(pv)
     grids.append(np.asarray(g, np.int32))
   counts = [num_image_tokens(g) for g in grids]
-  ids, mask = P.encode_segments(rendered, encode, counts, image_pad_id)
+  if box_weight == 1:
+    ids, mask = P.encode_segments(rendered, encode, counts, image_pad_id)
+  else:
+    segs, flags = split_box_numbers(rendered)
+    ids, mask = [], []
+    k = 0
+    for s, flag in zip(segs, flags):
+      n_img = int(s.kind == "image")
+      i, m = P.encode_segments([s], encode, counts[k:k + n_img], image_pad_id)
+      k += n_img
+      ids.extend(i)
+      mask.extend([v * box_weight for v in m] if flag else m)
   return {"input_ids": np.asarray(ids, np.int32), "loss_mask": np.asarray(mask, np.int32),
           "pixel_values": (np.concatenate(pvs) if pvs else np.zeros((0, 1176), np.float32)).astype(np.float32),
           "image_grid_thw": np.stack(grids) if grids else np.zeros((0, 3), np.int32)}
@@ -169,16 +215,19 @@ class SftDataset:
     tokenizer: a transformers tokenizer or a `tokenizers.Tokenizer` (special ids are looked up in it).
     protocol: "released" or "multiturn".
     budget: image pixel budget (the embedded default uses `toy_earth.TOY_VIEW_PIXELS`).
+    version: the protocol's template version (None: its default).
   """
 
   def __init__(self, source, tokenizer, protocol: str = "released", budget: ImageBudget = ImageBudget(),
-               store: I.ImageStore | None = None):
+               store: I.ImageStore | None = None, version: str | None = None, box_weight: int = 1):
     from zoomjax.data import tokenizer as T
     if protocol not in P.PROTOCOLS:
       raise TrajectoryError(f"protocol must be one of {P.PROTOCOLS}, got {protocol!r}")
     self.rows = list(source)
     self.store = store if store is not None else source.store
     self.protocol = protocol
+    self.version = version
+    self.box_weight = box_weight
     self.budget = budget
     self.encode = T.encoder(tokenizer)
     self.image_pad_id = T.token_id(tokenizer, P.IMAGE_PAD)
@@ -190,8 +239,8 @@ class SftDataset:
     row = self.rows[i]
     img = self.store.get(row.image_name)
     view, _ = self.store.global_view(row.image_name)
-    ex = encode_example(render(row, img.width, img.height, self.protocol),
+    ex = encode_example(render(row, img.width, img.height, self.protocol, self.version),
                         trajectory_images(row, img, self.protocol, view), self.encode, self.image_pad_id,
-                        self.budget)
+                        self.budget, self.box_weight)
     ex["question_id"] = row.question_id
     return ex

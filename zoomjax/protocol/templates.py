@@ -78,8 +78,10 @@ ANSWER_START, ANSWER_END = "<answer>", "</answer>"
 
 PROTOCOLS = ("released", "multiturn")
 RELEASED_VERSION = "released-v1"
+TOY_VERSION = "released-toy-v1"
 MULTITURN_VERSION = "multiturn-v1"
-VERSIONS = {"released": (RELEASED_VERSION,), "multiturn": (MULTITURN_VERSION,)}
+# Known template versions per protocol; the first is the protocol's default.
+VERSIONS = {"released": (RELEASED_VERSION, TOY_VERSION), "multiturn": (MULTITURN_VERSION,)}
 
 SEGMENT_KINDS = ("prompt", "generated", "image", "tool")
 
@@ -132,6 +134,19 @@ RELEASED_PROMPT_TEMPLATE = (
     + IM_START + "user\n" + IMAGE_PLACEHOLDER + "{question}" + RELEASED_INSTRUCTION + IM_END + "\n"
     + IM_START + "assistant\n"
 )
+
+# `released-toy-v1`: the released protocol (same assistant structure, crop inside the turn, same parser)
+# with a one-line instruction instead of the ~300-token analyst text, for models trained from scratch on
+# Toy Earth, where the long instruction costs most of every sequence and teaches nothing.
+TOY_SYSTEM = "You are a helpful assistant."
+TOY_INSTRUCTION = ("\nThink in <think></think>; to look closer, give a \"bbox_2d\" of the global view; "
+                   "answer in <answer></answer>.")
+TOY_PROMPT_TEMPLATE = (
+    IM_START + "system\n" + TOY_SYSTEM + IM_END + "\n"
+    + IM_START + "user\n" + IMAGE_PLACEHOLDER + "{question}" + TOY_INSTRUCTION + IM_END + "\n"
+    + IM_START + "assistant\n"
+)
+_RELEASED_PROMPTS = {RELEASED_VERSION: RELEASED_PROMPT_TEMPLATE, TOY_VERSION: TOY_PROMPT_TEMPLATE}
 
 # ---------------------------------------------------------------------------------------------------------
 # `multiturn-v1`: Qwen2.5's tool-use chat format (its `# Tools` system block and `<tool_response>` user turn).
@@ -240,7 +255,7 @@ def _merge(segments: Iterable[Segment]) -> tuple[Segment, ...]:
 def _check_protocol(protocol: str, version: str | None) -> str:
   if protocol not in VERSIONS:
     raise ProtocolError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-  version = version or VERSIONS[protocol][-1]
+  version = version or VERSIONS[protocol][0]
   if version not in VERSIONS[protocol]:
     raise ProtocolError(f"unknown {protocol} protocol version {version!r}; known: {VERSIONS[protocol]}")
   return version
@@ -284,14 +299,14 @@ def render_prompt(question: str, protocol: str = "released", *,
     protocol: "released" or "multiturn".
     tools: multiturn only: tool schemas for the system turn (default: `crop_and_zoom` only).
     max_turns: multiturn only: the zoom budget stated in the instruction (default `DEFAULT_MAX_TURNS`).
-    version: template version (default: the newest of the protocol).
+    version: template version (default: the protocol's first, `released-v1` / `multiturn-v1`).
   """
   version = _check_protocol(protocol, version)
   question = _text(question, "question")
   if IMAGE_PLACEHOLDER in question:
     raise ProtocolError("the question must not contain an image placeholder")
   if protocol == "released":
-    text = RELEASED_PROMPT_TEMPLATE.replace("{question}", question, 1)
+    text = _RELEASED_PROMPTS[version].replace("{question}", question, 1)
   else:
     n = DEFAULT_MAX_TURNS if max_turns is None else int(max_turns)
     text = (IM_START + "system\n" + system_text(protocol, tools=tools) + IM_END + "\n"
