@@ -78,7 +78,7 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
   from jax.experimental import topologies
   from jax.sharding import NamedSharding
 
-  from zoomjax.train import batching, mesh as mesh_lib, trainer
+  from zoomjax.train import batching, harness as trainer, mesh as mesh_lib, sft
   from zoomjax.train.config import load_config
 
   cfg = load_config(config, ["model.hf_dir=null", *overrides])
@@ -87,7 +87,7 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   model_cfg = trainer.build_model_config(cfg)
   t0 = time.perf_counter()
-  setup = trainer.build(cfg, model_cfg, mesh)
+  setup = trainer.build(cfg, model_cfg, sft.OBJECTIVE, mesh=mesh)
   s = batching.num_shards(mesh)
   b = cfg.data.batch_size // (cfg.optim.grad_accum * s)
   piece = _piece_shapes(model_cfg, cfg.data.seq_len, cfg.data.max_patches, cfg.data.max_images, image_side)

@@ -54,10 +54,10 @@ def main(argv=None) -> int:
   import torch
   jax.config.update("jax_default_matmul_precision", "highest")
   from zoomjax import hf
-  from zoomjax.train import batching, flops, trainer
+  from zoomjax.train import batching, flops, harness as trainer, sft
   from zoomjax.train.config import load_config
-  from zoomjax.train.data import SyntheticCopyDataset
-  from zoomjax.train.sources import Data, make_stream
+  from zoomjax.data.synthetic import SyntheticCopyDataset
+  from zoomjax.train.sft_data import Data, make_stream
 
   cfg = load_config(args.config, ["data.kind=synthetic", f"data.batch_size={args.batch}",
                                   f"data.seq_len={args.seq_len}", "mesh.devices=1", "mesh.data=1",
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
   ds = SyntheticCopyDataset(model_cfg, num_examples=args.batch * (args.steps + 2), prompt_len=(args.seq_len - 24) // 2)
   data = Data(train=ds, pad_id=model_cfg.pad_token_id, max_patches=int(ds.grid.prod()), max_images=1,
               patches_per_image=float(ds.grid.prod()))
-  setup = trainer.build(cfg, model_cfg)
+  setup = trainer.build(cfg, model_cfg, sft.OBJECTIVE)
   stream = make_stream(data, ds, model_cfg, setup.mesh, args.batch, 1, args.seq_len, 0, False, 0, prefetch=0)
   batches = [next(stream) for _ in range(args.steps + 1)]
   stream.close()

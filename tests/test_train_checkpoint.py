@@ -107,7 +107,7 @@ def _stream_pieces(stream, steps):
 
 def test_stream_examples_do_not_depend_on_layout_and_resume_exactly():
   from zoomjax.data.pipeline import Buckets, sft_batches
-  from zoomjax.train.data import StepStream
+  from zoomjax.train.stream import StepStream
   ds = [{"input_ids": np.arange(3 + i % 4, dtype=np.int32), "loss_mask": np.ones(3 + i % 4, np.int32),
          "pixel_values": np.zeros((0, 1176), np.float32), "image_grid_thw": np.zeros((0, 3), np.int32)}
         for i in range(37)]

@@ -185,7 +185,7 @@ def test_decay_mask_excludes_biases_and_norms():
 
 def test_batch_size_not_divisible_by_pieces_is_a_config_error():
   from zoomjax.train.config import ConfigError
-  from zoomjax.train.sources import Data, make_stream
+  from zoomjax.train.sft_data import Data, make_stream
   from zoomjax.model.config import ModelConfig
   setup = make_setup(mesh_args=("mesh.data=8",))
   with pytest.raises(ConfigError, match="data.batch_size: 12 must be divisible"):

@@ -293,4 +293,14 @@ def row_to_dict(row: Row) -> dict[str, Any]:
 
 
 __all__ = ["Row", "Problem", "RowError", "LrsGroSource", "parse_row", "read_rows", "write_rows",
-           "row_to_dict", "default_image_root", "TYPES"]
+           "row_to_dict", "default_image_root", "split_by_image", "TYPES"]
+
+
+def split_by_image(rows: list, fraction: float) -> tuple[list, list]:
+  """(train rows, held-out rows): the last `ceil(fraction * images)` images, in first-seen order."""
+  names = list(dict.fromkeys(r.image_name for r in rows))
+  if fraction <= 0 or len(names) < 2:
+    return rows, []
+  k = min(max(1, math.ceil(fraction * len(names))), len(names) - 1)
+  held = set(names[-k:])
+  return [r for r in rows if r.image_name not in held], [r for r in rows if r.image_name in held]

@@ -40,8 +40,9 @@ def pad_rows(x: np.ndarray, rows: int, what: str) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)])
 
 
-def model_inputs(model_cfg, piece: dict, num_patches: int) -> dict[str, Any]:
-  """Device inputs of one piece: `prepare_inputs` output (minus rope deltas), loss mask, pixel values.
+def model_inputs(model_cfg, piece: dict, num_patches: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+  """Device inputs of one piece: `prepare_inputs` output (minus rope deltas), loss mask, pixel values,
+  and the piece's `extra` keys as they are (e.g. GRPO's `logp_old float32[1, T]`, `advantage float32[1]`).
 
   `num_patches` is the static per-sequence patch budget (0 = text only: no pixel values, no vision keys).
   """
@@ -55,6 +56,7 @@ def model_inputs(model_cfg, piece: dict, num_patches: int) -> dict[str, Any]:
                           grid if has_vision else None, pad_patches_to=num_patches if has_vision else None)
   out = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "image_index")}
   out["loss_mask"] = np.asarray(piece["loss_mask"], np.int32)
+  out.update({k: np.asarray(piece[k]) for k in extra})
   if has_vision:
     if "vision" not in inputs:  # a piece with no real image: metadata of an all-padding patch block
       from zoomjax.model.vision import vision_metadata

@@ -1,9 +1,15 @@
-"""SFT data from LRS-GRO-format files: Toy Earth (generated on first use) or LRS-GRO itself.
+"""SFT data for the trainer: which examples (per `data.kind`) and how they become device batches.
+
+`build_data(cfg)` returns a `Data`: map-style train / eval example sets (`[i]` -> `input_ids`,
+`loss_mask`, `pixel_values`, `image_grid_thw`), the per-sequence vision budgets, and for the tiny model
+the tokenizer's vocabulary size and special ids. `make_stream` feeds a set through the grain pipeline
+(`zoomjax.data.pipeline.sft_batches`) into a `StepStream` of `[A, S_local, ...]` device-ready trees;
+`make_eval_fn` scores held-out batches (loss, token accuracy).
 
 For `data.kind = toy_earth` the first run writes, under `data.root`:
 
     meta.json, images/, sft.jsonl, rl.jsonl, test.jsonl   (`zoomjax.data.toy_earth.generate`)
-    tokenizer/                                             (`zoomjax.data.tokenizer.toy_earth_tokenizer`)
+    tokenizer/                                             (the Toy Earth tokenizer recipe)
 
 and later runs reuse them. Training examples are `zoomjax.data.trajectories.SftDataset` rows of the
 training file; without `data.eval_file`, the last `eval_fraction` of its images are held out (all their
@@ -14,48 +20,68 @@ step of the tiny model).
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
 import os
-import threading
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import numpy as np
 from absl import logging
 
+from zoomjax.data import tokenizer as T
+from zoomjax.data import toy_earth
+from zoomjax.data.lrs_gro import LrsGroSource, split_by_image
+from zoomjax.data.memo import Memo
+from zoomjax.data.pipeline import Buckets, sft_batches
+from zoomjax.data.synthetic import SyntheticCopyDataset
+from zoomjax.data.trajectories import ImageBudget, SftDataset
+from zoomjax.train import batching
 from zoomjax.train.config import ConfigError, TrainConfig
-from zoomjax.train.sources import Data
+from zoomjax.train.stream import StepStream
 
 PATCH_PIXELS = 14 * 14
 VIEW_SIDE = 504  # smart_resize of a <= 512 px side: the largest view / crop side the model sees
 
 
-class Memo:
-  """`[i]` memoised up to `max_bytes` of arrays (thread-safe: the pipeline reads from several threads).
-  Errors are not memoised; past the budget, examples are rebuilt on every use."""
+@dataclasses.dataclass
+class Data:
+  """Attributes:
+    train / eval: map-style example sets (eval may be None).
+    pad_id: padding token id. max_patches / max_images: per-sequence vision budgets (0 = text only).
+    vocab_size / special_ids: for the tiny preset, the tokenizer's (None: keep the preset's).
+    patches_per_image: typical image size in patches (FLOPs estimate only).
+    tokenizer: the tokenizer object when there is one. info: facts to report (paths, sizes).
+  """
 
-  def __init__(self, dataset: Any, max_bytes: int):
-    self.dataset = dataset
-    self.max_bytes = max_bytes
-    self.bytes = 0
-    self._cache: dict[int, Any] = {}
-    self._lock = threading.Lock()
+  train: Any
+  eval: Any = None
+  pad_id: int = 0
+  max_patches: int = 0
+  max_images: int = 0
+  vocab_size: int | None = None
+  special_ids: dict | None = None
+  patches_per_image: float = 0.0
+  tokenizer: Any = None
+  info: dict = dataclasses.field(default_factory=dict)
 
-  def __len__(self) -> int:
-    return len(self.dataset)
 
-  def __getitem__(self, i: int) -> Any:
-    i = int(i)
-    with self._lock:
-      hit = self._cache.get(i)
-    if hit is None:
-      hit = self.dataset[i]
-      size = sum(v.nbytes for v in hit.values() if isinstance(v, np.ndarray))
-      with self._lock:
-        if self.bytes + size <= self.max_bytes:
-          self._cache[i] = hit
-          self.bytes += size
-    return hit
+def build_data(cfg: TrainConfig, model_cfg_fn: Callable[[], Any] | None = None) -> Data:
+  """The configured data; generated / tokenized on first use where the kind says so.
+
+  `model_cfg_fn()` gives the run's model config (the synthetic task draws its tokens and patches from it).
+  """
+  kind = cfg.data.kind
+  if kind == "synthetic":
+    mc = model_cfg_fn()
+    train = SyntheticCopyDataset(mc, num_examples=max(cfg.data.num_images, cfg.data.batch_size), seed=cfg.data.toy_seed)
+    ev = SyntheticCopyDataset(mc, num_examples=max(cfg.data.batch_size, 16), seed=cfg.data.toy_seed + 10_000)
+    per_image = int(train.grid.prod())
+    return Data(train=train, eval=ev, pad_id=mc.pad_token_id, max_patches=cfg.data.max_patches or per_image,
+                max_images=cfg.data.max_images or 1, patches_per_image=per_image,
+                info={"kind": "synthetic", "train_examples": len(train), "eval_examples": len(ev)})
+  if kind in ("toy_earth", "lrs_gro"):
+    return build_files(cfg)
+  raise ConfigError(f"data.kind: unsupported {kind!r}")
 
 
 def _on_process0(fn, what: str):
@@ -63,14 +89,12 @@ def _on_process0(fn, what: str):
   if jax.process_index() == 0:
     fn()
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # noqa: PLC0415 (multi-process only)
     multihost_utils.sync_global_devices(what)
 
 
 def ensure_toy_earth(cfg: TrainConfig) -> str:
   """Generates Toy Earth into `data.root` unless it is already there (same seed and size); returns root."""
-  import json
-  from zoomjax.data import toy_earth
   root = os.path.abspath(cfg.path(cfg.data.root))
   meta = os.path.join(root, "meta.json")
 
@@ -93,7 +117,6 @@ def ensure_toy_earth(cfg: TrainConfig) -> str:
 
 def load_tokenizer(cfg: TrainConfig, root: str):
   """The configured tokenizer; `train` trains (once) the Toy Earth BPE into `root/tokenizer`."""
-  from zoomjax.data import tokenizer as T
   if cfg.data.tokenizer != "train":
     return T.load_tokenizer(cfg.path(cfg.data.tokenizer))
   if cfg.data.kind != "toy_earth":
@@ -110,28 +133,16 @@ def load_tokenizer(cfg: TrainConfig, root: str):
   return T.load_tokenizer(path)
 
 
-def split_by_image(rows: list, fraction: float) -> tuple[list, list]:
-  """(train rows, held-out rows): the last `ceil(fraction * images)` images, in first-seen order."""
-  names = list(dict.fromkeys(r.image_name for r in rows))
-  if fraction <= 0 or len(names) < 2:
-    return rows, []
-  k = min(max(1, math.ceil(fraction * len(names))), len(names) - 1)
-  held = set(names[-k:])
-  return [r for r in rows if r.image_name not in held], [r for r in rows if r.image_name in held]
+def data_root(cfg: TrainConfig) -> str:
+  """The data directory (Toy Earth generated into it first when needed)."""
+  return ensure_toy_earth(cfg) if cfg.data.kind == "toy_earth" else os.path.abspath(cfg.path(cfg.data.root))
 
 
-def build(cfg: TrainConfig) -> Data:
-  from zoomjax.data import tokenizer as T
-  from zoomjax.data.lrs_gro import LrsGroSource
-  from zoomjax.data.trajectories import ImageBudget, SftDataset
+def build_files(cfg: TrainConfig) -> Data:
+  """Toy Earth / LRS-GRO SFT examples from the training file (module docstring)."""
   dc = cfg.data
-  if dc.kind == "toy_earth":
-    from zoomjax.data.toy_earth import TOY_VIEW_PIXELS
-    root = ensure_toy_earth(cfg)
-    default_pixels = TOY_VIEW_PIXELS
-  else:
-    root = os.path.abspath(cfg.path(dc.root))
-    default_pixels = ImageBudget().max_pixels
+  root = data_root(cfg)
+  default_pixels = toy_earth.TOY_VIEW_PIXELS if dc.kind == "toy_earth" else ImageBudget().max_pixels
   train_file = os.path.join(root, dc.train_file or "sft.jsonl")
   if not os.path.isfile(train_file):
     raise ConfigError(f"data.train_file: {train_file!r} does not exist")
@@ -164,58 +175,65 @@ def build(cfg: TrainConfig) -> Data:
               patches_per_image=float(per_image), tokenizer=tok, info=info)
 
 
-def answer_eval(cfg: TrainConfig, data: Data, model_cfg, params, run_dir: str) -> dict:
-  """Answer accuracy and APO IoU of the trained model on held-out questions, through the perception loop.
+def make_stream(data: Data, dataset: Any, model_cfg, mesh, batch_size: int, num_micro: int, seq_len: int,
+                seed: int, shuffle: bool, num_epochs: int, prefetch: int = 2, eval_mode: bool = False) -> StepStream:
+  """A `StepStream` over `dataset` yielding `[A, S_local, b, ...]` device-ready numpy trees.
 
-  Questions: the first `eval.answers` rows of `test.jsonl` in `data.root` (Toy Earth's held-out test
-  images), else of the held-out SFT rows. Writes `answers/{annotations,predictions}.jsonl` and
-  `answers/report.json` (the `zoomjax.eval score` report) under the run dir; returns
-  `{"answers": {"accuracy", "apo_iou", "n", "by_type", "path"}}`, or {} without the rollout loop.
+  Each process's grain pipeline yields one sequence at a time with fixed buckets `(seq_len,
+  max_patches, max_images)`; `eval_mode` keeps the order, makes one pass and pads the last step with
+  blank pieces so every example counts once.
   """
-  try:
-    from zoomjax.rollout.generate import Generator
-    from zoomjax.rollout.loop import LoopConfig, Request, rollout
-  except ImportError:
-    logging.warning("no perception loop (zoomjax.rollout.loop): answer accuracy not evaluated")
-    return {}
-  import json
-  from zoomjax.eval import loaders, run as eval_run, score as eval_score
-  from zoomjax.data.lrs_gro import row_to_dict
-  if jax.process_index() != 0:
-    return {}
-  root = data.info["root"]
-  test = os.path.join(root, "test.jsonl")
-  out_dir = os.path.join(run_dir, "answers")
-  os.makedirs(out_dir, exist_ok=True)
-  ann = os.path.join(out_dir, "annotations.jsonl")
-  if os.path.isfile(test):
-    with open(test) as fh:
-      rows = [json.loads(line) for line in fh if line.strip()][:cfg.eval.answers]
-  else:
-    rows = [row_to_dict(r) for r in data.eval.dataset.rows][:cfg.eval.answers] if data.eval else []
-  if not rows:
-    return {}
-  with open(ann, "w") as fh:
-    fh.writelines(json.dumps(r) + "\n" for r in rows)
-  questions, _ = loaders.load(ann, "lrs_gro")
-  image_root = os.path.join(root, cfg.data.image_dir) if cfg.data.image_dir else os.path.join(root, "images")
-  gen = Generator(model_cfg, params)
-  max_pixels = data.info.get("image_max_pixels") or LoopConfig().max_pixels
-  loop_cfg = LoopConfig(protocol=cfg.data.protocol, max_new_tokens=cfg.eval.max_new_tokens,
-                        max_total_tokens=cfg.data.seq_len + 2 * cfg.eval.max_new_tokens, max_pixels=max_pixels)
+  s = batching.num_shards(mesh)
+  n_pieces = num_micro * s
+  if batch_size % n_pieces:
+    raise ConfigError(f"data.batch_size: {batch_size} must be divisible by grad_accum ({num_micro}) x the "
+                      f"mesh's batch shards data*fsdp ({s}) = {n_pieces}")
+  if data.max_patches % 4:
+    raise ConfigError(f"data.max_patches: must be a multiple of 4 (2x2 patch merge), got {data.max_patches}")
+  b = batch_size // n_pieces
+  lo, hi = batching.local_shard_range(mesh)
+  buckets = Buckets.fixed(seq_len, max(data.max_patches, 4), max(data.max_images, 1))
+  pieces = sft_batches(dataset, jax.process_count(), pad_id=data.pad_id, seed=seed, shuffle=shuffle,
+                       num_epochs=(1 if eval_mode else (num_epochs or None)), buckets=buckets,
+                       drop_remainder=not eval_mode)
+  layout = (num_micro, hi - lo, b)
+  prepare = lambda ps: batching.assemble(  # noqa: E731
+      ps, layout, lambda pc: batching.model_inputs(model_cfg, pc, data.max_patches))
+  return StepStream(pieces, num_micro * (hi - lo) * b, prepare, prefetch=prefetch, pad_last=eval_mode)
 
-  def answer_fn(qs):
-    reqs = [Request(os.path.join(image_root, q.image[0] if isinstance(q.image, list) else q.image),
-                    loaders.prompt_text(q)) for q in qs]
-    return [eval_run.prediction_row(q, t, model_cfg) for q, t in zip(qs, rollout(gen, data.tokenizer, reqs, loop_cfg))]
 
-  preds = os.path.join(out_dir, "predictions.jsonl")
-  if os.path.exists(preds):
-    os.remove(preds)
-  eval_run.run(questions, answer_fn, preds, batch_size=cfg.eval.answer_batch, progress=cfg.log.progress)
-  report = eval_score.score_files(preds, ann, "lrs_gro")
-  eval_score.write_report(report, os.path.join(out_dir, "report.json"))
-  o = report["overall"]
-  return {"answers": {"accuracy": o.get("accuracy"), "apo_iou": o.get("apo_iou"), "n": o.get("n"),
-                      "by_type": {k: v.get("accuracy") for k, v in report.get("by_type", {}).items()},
-                      "path": os.path.join(out_dir, "report.json")}}
+def train_stream(cfg: TrainConfig, data: Data, model_cfg, mesh) -> StepStream:
+  return make_stream(data, data.train, model_cfg, mesh, cfg.data.batch_size, cfg.optim.grad_accum,
+                     cfg.data.seq_len, cfg.data.shuffle_seed, True, cfg.data.num_epochs)
+
+
+def make_eval_fn(cfg: TrainConfig, data: Data, model_cfg, setup) -> Callable[[Any, int], dict] | None:
+  """`(params, step) -> {"loss", "token_accuracy", "tokens", "batches"}` over the first `eval.batches`
+  held-out batches (the same ones every time), or None when there is no eval set."""
+  if data.eval is None or not cfg.eval.batches or len(data.eval) == 0:
+    return None
+  s = batching.num_shards(setup.mesh)
+  per_shard = -(-min(cfg.data.batch_size, len(data.eval)) // s)
+  batch = per_shard * s
+
+  def evaluate(params, step):
+    del step
+    stream = make_stream(data, data.eval, model_cfg, setup.mesh, batch, 1, cfg.data.seq_len, 0, False, 1,
+                         prefetch=0, eval_mode=True)
+    tot = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+    num = 0
+    try:
+      for host in stream:
+        out = jax.device_get(setup.eval_step(params, batching.to_global(host, setup.mesh)))
+        for k in tot:
+          tot[k] += float(out[k])
+        num += 1
+        if num >= cfg.eval.batches:
+          break
+    finally:
+      stream.close()
+    denom = max(tot["count"], 1.0)
+    return {"loss": tot["loss_sum"] / denom, "token_accuracy": tot["correct"] / denom, "tokens": tot["count"],
+            "batches": num}
+
+  return evaluate

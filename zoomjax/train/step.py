@@ -1,10 +1,12 @@
-"""One SFT optimizer step: gradient accumulation over microbatches, clipping, AdamW, non-finite skip.
+"""One optimizer step for any objective: gradient accumulation over microbatches, clipping, AdamW,
+non-finite skip.
 
 The step is a pure function `(state, batch) -> (state, metrics)`. `batch` is a dict of arrays that all
 carry a leading microbatch axis `A` (= `optim.grad_accum`): the host stacks `A` equally-shaped
 microbatches (`input_ids int32[A, b, T]`, `pixel_values float32[A, P, 1176]`, ...). The step scans
-over them, summing the per-token loss and its gradient, then divides both by the total target count,
-so the update equals the one from a single batch of `A * b` sequences.
+over them, summing the loss function's stats (every key it returns) and the gradient of `loss_sum`,
+then divides the gradient by the total `count` (the loss's denominator), so the update equals the one
+from a single batch of `A * b` sequences.
 
 A non-finite loss or gradient norm leaves params and optimizer state unchanged; `state.skipped` counts
 such steps and the metrics report `skipped=1` for the step.
@@ -20,12 +22,20 @@ import optax
 
 from zoomjax.train.state import TrainState
 
-# loss_fn(params, microbatch, rng) -> {"loss_sum", "count", "correct"} (float32 scalars, sums).
+# loss_fn(params, microbatch, rng) -> {"loss_sum", "count", ...} (float32 scalars, sums; `count` is the
+# loss's denominator, the other keys are metrics summed alike).
 LossFn = Callable[[Any, dict, jax.Array], dict]
 
 
 def _tree_where(pred: jax.Array, a: Any, b: Any) -> Any:
   return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def zero_stats(loss_fn: LossFn, params: Any, batch: dict) -> dict:
+  """float32 zeros for every key `loss_fn` returns on one microbatch of `batch` (from `jax.eval_shape`)."""
+  mb = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batch)
+  shapes = jax.eval_shape(loss_fn, params, mb, jax.random.PRNGKey(0))
+  return {k: jnp.zeros(v.shape, jnp.float32) for k, v in shapes.items()}
 
 
 def accumulate(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
@@ -52,8 +62,7 @@ def accumulate(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
 
   rngs = jax.random.split(rng, num_micro)
   zeros_g = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-  zeros_s = {"loss_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32),
-             "correct": jnp.zeros((), jnp.float32)}
+  zeros_s = zero_stats(loss_fn, params, batch)
 
   def body(carry, xs):
     acc_s, acc_g = carry
@@ -71,11 +80,23 @@ def accumulate(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
   return stats, grads
 
 
+def sum_report(stats: dict) -> dict:
+  """Metrics from summed stats: loss = loss_sum / count, tokens = count, any other key k -> k / count
+  (`correct` is reported as `accuracy`)."""
+  denom = jnp.maximum(stats["count"], 1.0)
+  out = {"loss": stats["loss_sum"] / denom, "tokens": stats["count"]}
+  for k, v in stats.items():
+    if k not in ("loss_sum", "count"):
+      out["accuracy" if k == "correct" else k] = v / denom
+  return out
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule | None = None, frozen: Any = None
+                    schedule: optax.Schedule | None = None, frozen: Any = None,
+                    report: Callable[[dict], dict] = sum_report
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Builds the (unjitted) step. Metrics: loss (mean per target token), tokens, accuracy, grad_norm,
-  lr, skipped (this step), skipped_total."""
+  """Builds the (unjitted) step. Metrics: `report(stats)` (default: loss per unit of `count`, tokens,
+  every other stat per unit of `count`), grad_norm, lr, skipped (this step), skipped_total."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(state.rng)
@@ -96,8 +117,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
         opt_state=_tree_where(ok, new_opt, state.opt_state),
         rng=rng,
         skipped=state.skipped + (~ok).astype(jnp.int32))
-    metrics = {"loss": loss, "tokens": stats["count"], "accuracy": stats["correct"] / denom,
-               "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32), "skipped_total": new_state.skipped}
+    metrics = {**report(stats), "loss": loss, "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32),
+               "skipped_total": new_state.skipped}
     if schedule is not None:
       # optax counts applied updates only: skipped steps do not advance the schedule.
       metrics["lr"] = jnp.asarray(schedule(state.step - state.skipped), jnp.float32)
@@ -113,9 +134,7 @@ def make_eval_step(loss_fn: LossFn) -> Callable[[Any, dict], dict]:
     def body(acc, mb):
       s = loss_fn(params, mb, jax.random.PRNGKey(0))
       return {k: acc[k] + s[k].astype(jnp.float32) for k in acc}, None
-    zeros = {"loss_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32),
-             "correct": jnp.zeros((), jnp.float32)}
-    out, _ = jax.lax.scan(body, zeros, batch)
+    out, _ = jax.lax.scan(body, zero_stats(loss_fn, params, batch), batch)
     return out
 
   return eval_step

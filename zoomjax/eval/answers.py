@@ -1,0 +1,71 @@
+"""Answer accuracy of a model on LRS-GRO-format questions, through the perception loop.
+
+    loop_answer_fn(generator, tokenizer, image_dir, loop_cfg, model_cfg) -> answer_fn
+    report = answer_eval(generator, tokenizer, rows, image_dir, loop_cfg, out_dir)
+
+`loop_answer_fn` is the `answer_fn` of `zoomjax.eval.run.run`: greedy rollouts of a batch of questions,
+one predictions row each (`prediction_row`: answer, box in the 1024 frame, turns, visual tokens).
+`answer_eval` is what training runs call on held-out questions: it writes
+`OUT_DIR/{annotations,predictions}.jsonl` and `OUT_DIR/report.json` (the `zoomjax.eval score` report) and
+returns a digest `{"accuracy", "apo_iou", "crop_rate", "n", "by_type", "path"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from zoomjax.eval import loaders, run as eval_run, score as eval_score
+from zoomjax.eval.loaders import Question
+from zoomjax.rollout.loop import LoopConfig, Request, rollout
+
+
+def question_image(image_dir: str, q: Question) -> str:
+  """The image path of a question (its first image when it names several)."""
+  image = q.image[0] if isinstance(q.image, list) else q.image
+  if not image:
+    raise ValueError(f"question {q.question_id} names no image")
+  return os.path.join(image_dir, image)
+
+
+def loop_answer_fn(generator, tokenizer, image_dir: str, loop_cfg: LoopConfig, model_cfg, seed: int = 0):
+  """An `answer_fn(questions) -> rows` running `generator` through the perception loop (greedy)."""
+
+  def answer_fn(questions: Sequence[Question]) -> list[dict]:
+    reqs = [Request(question_image(image_dir, q), loaders.prompt_text(q)) for q in questions]
+    trajs = rollout(generator, tokenizer, reqs, loop_cfg, seed=seed)
+    return [eval_run.prediction_row(q, t, model_cfg) for q, t in zip(questions, trajs)]
+
+  return answer_fn
+
+
+def digest(report: dict, path: str) -> dict:
+  """The headline numbers of a `zoomjax.eval score` report (what summaries and logs keep)."""
+  o = report["overall"]
+  return {"accuracy": o.get("accuracy"), "apo_iou": o.get("apo_iou"),
+          "crop_rate": report.get("crop", {}).get("rate"), "n": o.get("n"), "by_type": {k: v.get("accuracy") for k, v in report.get("by_type", {}).items()},
+          "path": path}
+
+
+def answer_eval(generator, tokenizer, rows: Sequence[dict], image_dir: str, loop_cfg: LoopConfig, out_dir: str,
+                *, model_cfg, batch_size: int = 16, progress: bool = False) -> dict:
+  """Answers `rows` (LRS-GRO annotation dicts) and scores them; returns `digest(report)` ({} if no rows).
+
+  Predictions are written afresh (an earlier file in `out_dir` is replaced)."""
+  if not rows:
+    return {}
+  os.makedirs(out_dir, exist_ok=True)
+  ann = os.path.join(out_dir, "annotations.jsonl")
+  with open(ann, "w") as fh:
+    fh.writelines(json.dumps(r) + "\n" for r in rows)
+  questions, _ = loaders.load(ann, "lrs_gro")
+  preds = os.path.join(out_dir, "predictions.jsonl")
+  if os.path.exists(preds):
+    os.remove(preds)
+  answer_fn = loop_answer_fn(generator, tokenizer, image_dir, loop_cfg, model_cfg)
+  eval_run.run(questions, answer_fn, preds, batch_size=batch_size, progress=progress)
+  report = eval_score.score_files(preds, ann, "lrs_gro")
+  path = os.path.join(out_dir, "report.json")
+  eval_score.write_report(report, path)
+  return digest(report, path)
