@@ -189,6 +189,8 @@ BOX = '[{"bbox_2d": [10, 20, 110, 220], "label": "ship"}]'
     ([f"<think>zoom {BOX}</think>", "<answer>ship</answer>"], "released", 0.0),
     ([f'<think>z</think>{BOX.replace("110, 220", "110")}', "<think>o</think><answer>s</answer>"],
      "released", 0.0),                                                     # 3 numbers
+    ([f"<think>zoom {BOX}</think>", f"<think>again {BOX}</think>", "<think>ok</think><answer>s</answer>"],
+     "released", 0.0),                                                     # released has two stages at most
     (["<think>a</think><tool_call>{\"name\": \"crop_and_zoom\", \"arguments\": "
       "{\"bbox_2d\": [1, 2, 3, 4]}}</tool_call>", "<think>b</think><answer>c</answer>"],
      "multiturn", 1.0),
