@@ -9,6 +9,7 @@ from zoomjax.data import tokenizer as T
 from zoomjax.data import toy_earth as TE
 from zoomjax.data import trajectories as TR
 from zoomjax.processing import preprocess_image
+from zoomjax.protocol import parse
 from zoomjax.protocol import templates as P
 
 BUDGET = TR.ImageBudget(max_pixels=112 * 112)   # small images keep the test fast
@@ -179,5 +180,11 @@ def test_toy_version_and_box_weight(data):
   assert np.array_equal(weighted["input_ids"], plain["input_ids"])         # same ids, only the weights differ
   m, w = plain["loss_mask"], weighted["loss_mask"]
   assert set(np.unique(w)) == {0, 1, 3} and ((w > 0) == (m > 0)).all()
+  where = row.label.split(" in the ")[1].removesuffix(" part")                  # e.g. "top-left"
   box = ", ".join(map(str, TR.global_box(row, 1536, 1536)))
-  assert tok.decode(weighted["input_ids"][w == 3].tolist()) == box             # exactly the box's numbers
+  # weighted: the position words (intent sentence, label) and the box's numbers, nothing else
+  assert tok.decode(weighted["input_ids"][w == 3].tolist()) == f" {where} {where}{box}"
+  # the toy block names the referent before its box (same JSON to the parser)
+  assert f'{{"label": "{row.label}", "bbox_2d": [{box}]}}' in text
+  stage1 = parse.released_stage1(text.rsplit("assistant\n", 1)[1])           # what the model wrote
+  assert parse.parse_crop_request(stage1, "released") == [float(v) for v in TR.global_box(row, 1536, 1536)]

@@ -20,9 +20,9 @@ at the example's pixel budget; every `<|image_pad|>` placeholder is expanded to 
 Loss mask: 1 exactly on assistant-generated tokens (`Segment.kind == "generated"`), including the
 `<|im_end|>` that closes each assistant turn (the model must learn to stop, so the end-of-turn token
 after the answer is a target); 0 on the prompt, on tool-response scaffolding and on every image token
-(`<|vision_start|>`, the pads, `<|vision_end|>`). With `box_weight` k > 1 the numbers of every box the
-model writes carry k instead of 1 (the loss reads the mask as per-token weights), so the few tokens that
-localise are not drowned by the templated text around them.
+(`<|vision_start|>`, the pads, `<|vision_end|>`). With `box_weight` k > 1 the tokens that localise in the
+text the model writes (a box's numbers and the position words, `split_grounding`) carry k instead of 1
+(the loss reads the mask as per-token weights), so they are not drowned by the templated text around them.
 
 Template versions: `render(..., version=)` picks the protocol's prompt template (`released-toy-v1`: the
 released protocol with a one-line instruction, for models trained from scratch on Toy Earth).
@@ -46,8 +46,11 @@ _JSON_BLOCK = re.compile(r"```json.*?```[ \t]*\n?", re.S)
 _BOX_LEAD_IN = re.compile(r"(Reasoning Result:\s*)?(I need to pay attention to the reference object at\s*)?"
                           r"```json.*?```[ \t]*\n?", re.S)
 _LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
-# The numbers of a box the model writes (released JSON block or a multiturn tool call).
-_BOX_NUMBERS = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]*)\]')
+# What localises in the text the model writes: a box's numbers (released JSON block or a multiturn tool
+# call) and the words that name where the referent is (Toy Earth's cells, LRS-GRO's "in the top left").
+_GROUNDING = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]*)\]'
+                        r'|( (?:top|bottom|upper|lower)[- ](?:left|right)| top| bottom| left| right| central| center'
+                        r'| upper| lower| middle)\b')
 
 
 class TrajectoryError(ValueError):
@@ -78,8 +81,8 @@ def row_label(row: Row) -> str:
   return m.group(1) if m else "target"
 
 
-def _stage1_with_box(stage1: str, box: Sequence[int], label: str) -> str:
-  block = P.released_bbox_json(box, label)
+def _stage1_with_box(stage1: str, box: Sequence[int], label: str, version: str | None = None) -> str:
+  block = P.released_bbox_json(box, label, version=version)
   if _JSON_BLOCK.search(stage1):
     return _JSON_BLOCK.sub(lambda _: block, stage1, count=1).strip()
   return (stage1.strip() + "\n" + block).strip()
@@ -107,12 +110,13 @@ def render(row: Row, width: int, height: int, protocol: str = "released", versio
   if protocol == "released":
     if row.is_sft:
       stage1 = row.stage_1_reasoning or ""
-      stage1 = _stage1_with_box(stage1, box, label) if crop else _JSON_BLOCK.sub("", stage1).strip()
+      stage1 = _stage1_with_box(stage1, box, label, version) if crop else _JSON_BLOCK.sub("", stage1).strip()
       stage1 = _think(row.global_text, stage1)
       stage2 = (row.stage_2_reasoning or "").strip()
     elif crop:
       stage1 = _stage1_with_box(f"This question is asking about the {label}, therefore I need to crop the "
-                                "image to examine the surroundings of the mentioned target.", box, label)
+                                "image to examine the surroundings of the mentioned target.", box, label,
+                                version)
       stage2 = f"In the cropped region I can see the {label}."
     else:
       stage1 = "This question is about the whole scene, therefore I need to analyze the entire image without cropping."
@@ -147,10 +151,12 @@ def trajectory_images(row: Row, original, protocol: str = "released", view=None)
   return out
 
 
-def split_box_numbers(rendered: P.Rendered) -> tuple[list[P.Segment], list[bool]]:
-  """The rendering's segments with every generated box's numbers (`"bbox_2d": [<numbers>]`) cut out into
-  their own segments, and a flag per segment: True on those. Digits are single pre-tokens, so tokenising
-  the pieces gives the same ids as tokenising the segment whole."""
+def split_grounding(rendered: P.Rendered) -> tuple[list[P.Segment], list[bool]]:
+  """The rendering's segments with the grounding text of every generated segment (a box's numbers
+  `"bbox_2d": [<numbers>]`, and position words such as ` top-left`, with their leading space) cut out
+  into their own segments, and a flag per segment: True on those. The cuts fall where the pre-tokeniser
+  splits anyway (before a digit or a space-led word, after a digit or a word), so tokenising the pieces
+  gives the same ids as tokenising the segment whole."""
   segs: list[P.Segment] = []
   flags: list[bool] = []
   for s in rendered.segments:
@@ -159,8 +165,8 @@ def split_box_numbers(rendered: P.Rendered) -> tuple[list[P.Segment], list[bool]
       flags.append(False)
       continue
     pos = 0
-    for m in _BOX_NUMBERS.finditer(s.text):
-      a, b = m.span(1)
+    for m in _GROUNDING.finditer(s.text):
+      a, b = m.span(1) if m.group(1) is not None else m.span(2)
       for piece, flag in ((s.text[pos:a], False), (s.text[a:b], True)):
         if piece:
           segs.append(P.Segment(piece, "generated"))
@@ -178,8 +184,8 @@ def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str
   """Preprocesses the images and tokenizes the rendering.
 
   Returns:
-    `input_ids int32[T]`, `loss_mask int32[T]` (1 on generated tokens; `box_weight` on the numbers of a
-    generated box), `pixel_values float32[P, 1176]`, `image_grid_thw int32[I, 3]`.
+    `input_ids int32[T]`, `loss_mask int32[T]` (1 on generated tokens; `box_weight` on the grounding
+    tokens of the generated text, see `split_grounding`), `pixel_values float32[P, 1176]`, `image_grid_thw int32[I, 3]`.
   """
   from zoomjax.processing import num_image_tokens, preprocess_image  # light, but keep import local
   if len(images) != rendered.num_images:
@@ -193,7 +199,7 @@ def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str
   if box_weight == 1:
     ids, mask = P.encode_segments(rendered, encode, counts, image_pad_id)
   else:
-    segs, flags = split_box_numbers(rendered)
+    segs, flags = split_grounding(rendered)
     ids, mask = [], []
     k = 0
     for s, flag in zip(segs, flags):

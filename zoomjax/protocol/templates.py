@@ -327,16 +327,23 @@ def _json_num(v: Any) -> int | float:
   return int(f) if f.is_integer() else f
 
 
-def released_bbox_json(box: Sequence[float], label: str = "target", *, fenced: bool = True) -> str:
+def released_bbox_json(box: Sequence[float], label: str = "target", *, fenced: bool = True,
+                       version: str | None = None) -> str:
   """The released stage-1 box block: ```` ```json\\n[\\n    {"bbox_2d": [x1, y1, x2, y2], "label": "…"}\\n]\\n```\\n ````.
 
   `box` is in global-view pixels; integral values print as integers. `fenced=False` gives the bare
-  one-line list `[{"bbox_2d": [...], "label": "..."}]` of the instruction text.
+  one-line list `[{"bbox_2d": [...], "label": "..."}]` of the instruction text. Version `released-toy-v1`
+  writes the label first (`{"label": "…", "bbox_2d": [...]}`, the same JSON to the parser): the words
+  that say where the referent is then sit right before the numbers that locate it.
   """
   if len(box) != 4:
     raise ProtocolError(f"a box has 4 numbers, got {list(box)!r}")
   nums = ", ".join(_fmt_num(v) for v in box)
-  item = '{"bbox_2d": [' + nums + '], "label": ' + json.dumps(str(label), ensure_ascii=False) + "}"
+  lab = json.dumps(str(label), ensure_ascii=False)
+  if version == TOY_VERSION:
+    item = '{"label": ' + lab + ', "bbox_2d": [' + nums + ']}'
+  else:
+    item = '{"bbox_2d": [' + nums + '], "label": ' + lab + "}"
   if not fenced:
     return "[" + item + "]"
   return "```json\n[\n    " + item + "\n]\n```\n"
