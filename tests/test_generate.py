@@ -196,6 +196,33 @@ def test_sampling_rules_and_seeding(ref):
   assert run(1) == run(1) != run(2)
 
 
+def test_group_prefill_is_shared_and_samples_as_without_sharing(ref):
+  """`append(..., group_size=G)` prefills each group's prompt once (the vision tower and the LM on one row
+  per group) and copies it into the group's rows: the same seed then samples the same tokens and
+  log-probs as a plain append of the repeated prompts, and the G rows of a group diverge."""
+  cfg, params, _ = ref
+  rs = np.random.RandomState(12)
+  gen = Generator(cfg, params)
+  prompts = []
+  for n in (6, 11):
+    im, toks = _image(cfg, rs, [1, 8, 8])
+    prompts.append((_text(rs, 3) + toks + _text(rs, n), [im]))
+  rows = [p for p, _ in prompts for _ in range(3)]
+  images = [i for _, i in prompts for _ in range(3)]
+  runs = []
+  for g in (1, 3):
+    sess = gen.session(6, 96, seed=4)
+    sess.append(rows, images, group_size=g)
+    runs.append(sess.generate(12, Sampling(1.0)))
+    assert [len(h) for h in sess.histories] == [len(r) + 12 for r in rows]
+  for a, b in zip(*runs):
+    assert a.tokens == b.tokens
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+  assert len({tuple(o.tokens) for o in runs[1][:3]}) > 1
+  with pytest.raises(ValueError, match="differs"):
+    gen.session(6, 96).append(rows[1:] + rows[:1], images, group_size=3)
+
+
 def test_shapes_are_bucketed(ref):
   cfg, params, _ = ref
   rs = np.random.RandomState(7)

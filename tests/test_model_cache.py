@@ -171,3 +171,28 @@ def test_decode_step_updates_the_donated_cache_in_place(model):
   cache_bytes = cache["k"].nbytes
   assert mem.alias_size_in_bytes >= 2 * cache_bytes
   assert mem.temp_size_in_bytes < cache_bytes // 4, (mem.temp_size_in_bytes, cache_bytes)
+
+
+def test_unstacked_layers_and_row_copies(scanned_model):
+  """`unstack_layers` gives the unrolled layout with the same function; `take_rows` / `put_rows` copy
+  whole cache rows (what a shared group prefill does)."""
+  from zoomjax.model.qwen2_5_vl import abstract_params, unstack_layers
+  cfg, params = scanned_model
+  ucfg, up = unstack_layers(cfg, params)
+  assert not ucfg.scan_layers
+  assert jax.tree.structure(abstract_params(ucfg)) == jax.tree.structure(up)
+  hists = [[5, 6, 7, 8, 9], [3, 4]]
+  outs = []
+  for c, p in ((cfg, params), (ucfg, up)):
+    cache = cache_lib.init_cache(c, 2, 16)
+    inputs = prepare_extend(c, hists, np.zeros(2, np.int64), pad_to=8)
+    _, cache = cache_lib.extend_jit(c, p, cache, inputs)
+    logits, cache = cache_lib.decode_jit(c, p, cache, np.asarray([1, 2], np.int32))
+    outs.append((np.asarray(logits), cache))
+  np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
+  cache = outs[1][1]
+  small = cache_lib.take_rows(cache, np.asarray([1], np.int32))
+  assert small["k"].shape[1] == 1 and int(small["length"][0]) == 3
+  both = cache_lib.put_rows(cache, np.asarray([0, 5], np.int32), small, np.asarray([0, 0], np.int32))  # 5: skipped
+  np.testing.assert_array_equal(np.asarray(both["k"][:, 0]), np.asarray(cache["k"][:, 1]))
+  np.testing.assert_array_equal(np.asarray(both["length"]), [3, 3])

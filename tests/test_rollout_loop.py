@@ -171,3 +171,29 @@ def test_free_sampling_is_well_formed(world, tmp_path):
       assert 0 < t.num_generated <= 24 * len(t.steps) and len(t.steps) <= 3
       assert (t.loss_mask[t.token_ids == tok.token_to_id(P.IMAGE_PAD)] == 0).all()
       assert len(t.images) == 1 + t.num_zooms
+
+
+def test_group_rollouts_share_the_prompt_and_sample_as_without_sharing(world, tmp_path):
+  """`group_size=G`: each prompt's prefill runs once and is copied into its G rows; for the same seed the
+  trajectories equal those of computing every row, in batches of whole groups."""
+  tok, cfg, gen = world
+  path = tmp_path / "img.png"
+  coord_image(900, 600).save(path)
+  img = coord_image(600, 400)
+  reqs = [Request(str(path), "What?")] * 2 + [Request(img, "Colour?")] * 2 + [Request(img, "Where?")] * 2
+  for proto in P.PROTOCOLS:
+    conf = LoopConfig(protocol=proto, max_turns=1, max_new_tokens=20, max_total_tokens=1536, batch_size=5,
+                      sampling=Sampling(1.0, top_k=50), **SMALL)
+    shared, plain = (rollout(gen, tok, reqs, conf, group_size=2, seed=7, share_prefix=s) for s in (True, False))
+    assert [t.question for t in shared] == [r.question for r in reqs]
+    for a, b in zip(shared, plain):
+      np.testing.assert_array_equal(a.token_ids, b.token_ids)
+      np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+      assert a.stop_reason == b.stop_reason and a.prompt_len == b.prompt_len
+    assert any(len(a.token_ids) != len(b.token_ids) or (a.token_ids != b.token_ids).any()
+               for a, b in zip(shared[::2], shared[1::2]))   # the samples of a group diverge
+  with pytest.raises(ValueError, match="divide"):
+    rollout(gen, tok, reqs[:3], conf, group_size=2)
+  with pytest.raises(ValueError, match="differs"):
+    rollout(gen, tok, reqs[1:5], conf, group_size=2)

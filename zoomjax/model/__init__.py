@@ -2,6 +2,17 @@
 
 Importing this package is cheap: the names below load their modules on first use.
 
+Shape letters (one alphabet for every einsum, docstring and shape comment in zoomjax.model)
+-------------------------------------------------------------------------------------------
+    B  batch rows                       T  new (query) tokens of a row     S  key slots: T without a
+    L  layers (LM) / blocks (ViT)       D  hidden width (of the LM; of        cache, the cache size
+    N  query heads                         the ViT in vision.py)              with one
+    K  key/value heads (GQA; ViT K = N) G  query heads per KV head, N = K * G
+    H  head_dim                         F  MLP intermediate width          V  vocabulary
+    J  positions picked for the head    C  flattened patch (patch_dim, 1176)
+    P  image patches (all images)       U  patches per merged token (m^2)  M  merged image tokens, P / U
+    O  merger output width (= LM D)     I  images
+
 Full forward (SPEC §8)
 ----------------------
     forward(cfg, params, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None)

@@ -24,6 +24,11 @@ Rows are packed from slot 0 (no left padding): row b's tokens occupy slots `[0, 
   text token per row at position `length[b] + rope_deltas[b]` on all three M-RoPE axes (the reference's
   rule for generated tokens); rows with `active[b] == False` do not advance.
 
+* `take_rows(cache, index int32[B']) -> cache` of B' rows (row i = row index[i]); `put_rows(cache, rows,
+  src, src_index)` overwrites rows `rows[i]` (int32[R]; out-of-range entries skipped) with rows
+  `src_index[i]` of `src`, in place when the cache is donated. The generator prefills the prompt of a
+  GRPO group once and copies its rows into the group's G rows with these.
+
 Slots past the cache size S are dropped silently: size the cache for the longest row (`max_len`).
 The jitted versions `extend_jit` / `decode_jit` donate the cache. The [L, B, S, K, H] stacks are carried
 whole through the layer loop (`nn.scan` carry) and each layer scatters only its new B * Tn slots, so with
@@ -102,6 +107,25 @@ def decode(cfg: ModelConfig, params: Any, cache: Cache, tokens: jax.Array, activ
   step = jnp.ones((b,), jnp.int32) if active is None else active.astype(jnp.int32)
   # An inactive row's write lands at slot length[b], outside its valid prefix: harmless, later overwritten.
   return logits[:, 0], {"k": k, "v": v, "length": length + step, "rope_deltas": cache["rope_deltas"]}
+
+
+def _row_axis(name: str) -> int:
+  return 1 if name in ("k", "v") else 0
+
+
+def take_rows(cache: Cache, index: jax.Array) -> Cache:
+  """The cache of rows `index` (int32[B']), in that order: k/v [L, B', S, K, H], length/rope_deltas [B']."""
+  return {name: jnp.take(a, index, axis=_row_axis(name)) for name, a in cache.items()}
+
+
+def put_rows(cache: Cache, rows: jax.Array, src: Cache, src_index: jax.Array) -> Cache:
+  """`cache` with row `rows[i]` replaced by row `src_index[i]` of `src` (rows, src_index int32[R]; rows
+  outside [0, B) are skipped). Both caches must have the same L, S, K, H."""
+  out = {}
+  for name, a in cache.items():
+    new = jnp.take(src[name], src_index, axis=_row_axis(name))
+    out[name] = (a.at[:, rows].set(new, mode="drop") if _row_axis(name) else a.at[rows].set(new, mode="drop"))
+  return out
 
 
 extend_jit = jax.jit(extend, static_argnums=0, static_argnames="last_only", donate_argnums=2)

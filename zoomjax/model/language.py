@@ -1,7 +1,8 @@
 """Qwen2.5-VL language model (Qwen2 decoder with M-RoPE) in Flax Linen, and its HF leaf table.
 
-Notation: B batch, T new tokens, S key length (= T without a cache, the cache size with one), D hidden,
-N query heads, K key/value heads (GQA: N = K * G), H head_dim, F intermediate size, V vocab, L layers.
+Shape letters: those of `zoomjax.model` (package docstring): B batch, T new tokens, S key slots, D hidden,
+N query heads, K key/value heads, G = N / K, H head_dim, F intermediate size, V vocab, L layers, J picked
+positions.
 
 Parameters (relative to the `language` subtree; per-layer leaves carry a leading `layers` axis of size L
 when `cfg.scan_layers`, else they live under `layers_0` ... `layers_{L-1}`):

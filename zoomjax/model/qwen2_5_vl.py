@@ -7,6 +7,7 @@ once per (config, shapes):
     init_params(cfg, rng)                     -> params (unboxed arrays)
     abstract_params(cfg)                      -> the same tree of jax.ShapeDtypeStruct (no allocation)
     apply(cfg, params, inputs, pixel_values)  -> float32[B, T, V]
+    unstack_layers(cfg, params)               -> (cfg with scan_layers=False, params with per-layer leaves)
 
 `inputs` is the dict from `zoomjax.model.inputs.prepare_inputs` (numpy on the host, arrays on device).
 """
@@ -43,14 +44,14 @@ class Qwen2_5_VL(nn.Module):
     Args:
       input_ids: int32[B, T]; position_ids: int32[3, B, T]; mask: bool[B, T, S].
       image_index: int32[B, T], row of the vision output for image tokens, -1 elsewhere.
-      pixel_values: float32[P, patch_dim] or None; vision_meta: the vision tower's metadata.
+      pixel_values: float32[P, C] or None; vision_meta: the vision tower's metadata.
       kv_cache / write_pos / logits_index: see `LanguageModel.__call__`.
     Returns:
       (logits float32[B, T, V] (or [B, J, V] with logits_index), updated cache or None).
     """
     x = self.language.embed(input_ids)
     if pixel_values is not None:
-      feats = self.visual(pixel_values, vision_meta).astype(x.dtype)    # [N, D]
+      feats = self.visual(pixel_values, vision_meta).astype(x.dtype)    # [M, D]
       idx = jnp.maximum(image_index, 0)
       x = jnp.where((image_index >= 0)[..., None], jnp.take(feats, idx, axis=0), x)
     return self.language(x, position_ids, mask, kv_cache, write_pos, logits_index)
@@ -112,6 +113,32 @@ def leaf_table(cfg: ModelConfig) -> LeafTable:
   table = {("language", *k): v for k, v in language_leaf_table(cfg).items()}
   table.update({("visual", *k): v for k, v in vision.vision_leaf_table(cfg).items()})
   return table
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _unstack(cfg: ModelConfig, params: Any) -> Any:
+  def split(tree, name, n):
+    tree = dict(tree)
+    stacked = tree.pop(name)
+    tree.update({f"{name}_{i}": jax.tree.map(lambda a: a[i], stacked) for i in range(n)})  # noqa: B023
+    return tree
+  return {"language": split(params["language"], "layers", cfg.text.num_hidden_layers),
+          "visual": split(params["visual"], "blocks", cfg.vision.depth)}
+
+
+def unstack_layers(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, Any]:
+  """Stacked per-layer leaves [L, …] split into per-layer arrays (a copy): the LM's `layers/…` into
+  `layers_0 … layers_{L-1}`, the ViT's `blocks/…` into `blocks_0 …`.
+
+  Returns `(cfg.replace(scan_layers=False), params)`, the layout the unrolled model reads (both towers
+  follow `cfg.scan_layers`). Used by the generator on CPU: under `nn.scan` every decode step copies each
+  layer's weights out of the stacks (a dynamic slice per leaf: the layer weights are read twice and
+  written once per step); with per-layer arrays the step reads them once. A config that already has
+  `scan_layers=False` is returned as is.
+  """
+  if not cfg.scan_layers:
+    return cfg, params
+  return cfg.replace(scan_layers=False), _unstack(cfg, params)
 
 
 _apply_jit = jax.jit(apply, static_argnums=0)

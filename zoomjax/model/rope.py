@@ -33,7 +33,7 @@ def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float,
   Args:
     position_ids: int32[3, B, T].
   Returns:
-    (cos, sin), each float32[B, T, head_dim].
+    (cos, sin), each float32[B, T, H].
   """
   inv = jnp.asarray(inv_frequencies(head_dim, theta))                  # [H/2]
   freqs = position_ids.astype(jnp.float32)[..., None] * inv            # [3, B, T, H/2]

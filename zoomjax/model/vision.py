@@ -3,8 +3,9 @@
 Reference: `transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py` (`Qwen2_5_VisionTransformerPretrainedModel`)
 and `transformers/vision_utils.py` (`get_vision_position_ids`, `get_vision_window_index`) in the pinned
 transformers. Notation: P patches (all images concatenated, plus padding), m = spatial_merge_size (2),
-U = m*m (4) patches per merged token, N = P // U merged tokens, D = hidden_size, H = num_heads,
-K = head_dim, F = intermediate_size, E = out_hidden_size (language-model width).
+U = m*m (4) patches per merged token, M = P // U merged tokens, D = hidden_size, N = num_heads,
+H = head_dim, F = intermediate_size, O = out_hidden_size (language-model width); the letters of
+`zoomjax.model` (package docstring), shared with the language model.
 
 Interface
 ---------
@@ -12,9 +13,9 @@ Interface
   grid_thw: int[I, 3] rows (t, h, w) in patches; all-zero rows are padding images (0 patches).
   P = pad_patches_to or the real patch count R = sum(t*h*w); P must be a multiple of U and >= R.
   Keys (all static shapes, functions of P only):
-    "window_index"   int32[N]    merged token n of window order = merged token window_index[n] of the
+    "window_index"   int32[M]    merged token n of window order = merged token window_index[n] of the
                                  original order (the reference's get_window_index; padding tokens last).
-    "reverse_index"  int32[N]    argsort(window_index): original order = window order[reverse_index].
+    "reverse_index"  int32[M]    argsort(window_index): original order = window order[reverse_index].
     "rope_pos"       int32[P, 2] (row, col) of each patch inside its frame, in WINDOW order (the
                                  reference's position ids, permuted like the hidden states); 0 for padding.
     "window_segments" int32[P]   attention segment of each patch in window order for window-attention
@@ -26,25 +27,25 @@ Interface
                                  O(P * 3S) instead of O(P^2) when a batch holds many images.
   Padding patches (rows R..P-1 of pixel_values, zeros) are grouped U at a time into segments of their own
   (ids never used by a real patch), so they never attend to or with real patches; their merged outputs
-  are the last N - R//U rows of the tower output.
+  are the last M - R//U rows of the tower output.
 
 `VisionTower(cfg: ModelConfig)` Linen module, instantiated as `VisionTower(cfg, name="visual")`
-  __call__(pixel_values: f32[P, patch_dim], meta: dict) -> f32[N, E]
+  __call__(pixel_values: f32[P, C], meta: dict) -> f32[M, O]
   pixel_values rows in the processor's order (images concatenated); output rows in the ORIGINAL
   (non-window) order of merged tokens, images concatenated in order, padding tokens last.
   Params (relative to the `visual` subtree; `blocks` leaves carry a leading `layers` axis of size depth
   when cfg.scan_layers, else they live under `blocks_0` ... `blocks_{depth-1}`):
-    patch_embed/kernel                 [patch_dim, D]      (vision_patch, vision_embed)
+    patch_embed/kernel                 [C, D]              (vision_patch, vision_embed)
     blocks/norm1/scale, norm2/scale    [D]                 (vision_embed,)
-    blocks/attn/qkv/kernel             [D, 3, H, K]        (vision_embed, None, vision_heads, vision_head_dim)
-    blocks/attn/qkv/bias               [3, H, K]           (None, vision_heads, vision_head_dim)
-    blocks/attn/proj/kernel            [H, K, D]           (vision_heads, vision_head_dim, vision_embed)
+    blocks/attn/qkv/kernel             [D, 3, N, H]        (vision_embed, None, vision_heads, vision_head_dim)
+    blocks/attn/qkv/bias               [3, N, H]           (None, vision_heads, vision_head_dim)
+    blocks/attn/proj/kernel            [N, H, D]           (vision_heads, vision_head_dim, vision_embed)
     blocks/attn/proj/bias              [D]                 (vision_embed,)
     blocks/mlp/{gate,up}_proj/kernel   [D, F]              (vision_embed, vision_mlp); bias [F]
     blocks/mlp/down_proj/kernel        [F, D]              (vision_mlp, vision_embed); bias [D]
     merger/ln_q/scale                  [D]                 (vision_embed,)
     merger/mlp_0/kernel                [U*D, U*D]          (vision_merge, vision_mlp); bias [U*D]
-    merger/mlp_2/kernel                [U*D, E]            (vision_mlp, embed); bias [E]
+    merger/mlp_2/kernel                [U*D, O]            (vision_mlp, embed); bias [O]
   Activations are constrained with `activation_vision_{patches,embed,heads,mlp}` (output rows:
   `activation_vision_patches, activation_embed`).
 
@@ -74,7 +75,7 @@ ROPE_THETA = 10000.0   # the reference's vision rope_parameters default (`axial`
 NORM_EPS = 1e-6        # the reference hard-codes eps=1e-6 for every vision RMSNorm
 _MASK_VALUE = float(np.finfo(np.float32).min)
 PD = ("activation_vision_patches", "activation_vision_embed")
-PHK = ("activation_vision_patches", "activation_vision_heads", None)
+PNH = ("activation_vision_patches", "activation_vision_heads", None)
 
 
 # ------------------------------------------------------------------------------------- host metadata
@@ -151,16 +152,16 @@ def vision_metadata(vcfg: VisionConfig, grid_thw, pad_patches_to: int | None = N
 
 # ------------------------------------------------------------------------------------------ attention
 def _segment_attention(q, k, v, seg_q, seg_k):
-  """Softmax attention restricted to equal segment ids. q: [..., T, H, K], k/v: [..., S, H, K],
-  seg_q: int32[..., T], seg_k: int32[..., S] -> [..., T, H, K]. Scores and softmax in float32."""
-  scores = jnp.einsum("...thk,...shk->...hts", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+  """Softmax attention restricted to equal segment ids. q: [..., T, N, H], k/v: [..., S, N, H],
+  seg_q: int32[..., T], seg_k: int32[..., S] -> [..., T, N, H]. Scores and softmax in float32."""
+  scores = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
   mask = seg_q[..., None, :, None] == seg_k[..., None, None, :]
   probs = jax.nn.softmax(jnp.where(mask, scores, _MASK_VALUE), axis=-1).astype(v.dtype)
-  return jnp.einsum("...hts,...shk->...thk", probs, v)
+  return jnp.einsum("...nts,...snh->...tnh", probs, v)
 
 
 def full_attention(q, k, v, seg, span: int | None = None):
-  """Attention within segments: q, k, v [P, H, K], seg int32[P] (contiguous segments).
+  """Attention within segments: q, k, v [P, N, H], seg int32[P] (contiguous segments).
 
   With `span` (static, >= the longest segment) and 3 * span < P it runs banded (O(P * 3 span)); otherwise
   dense over all P patches. Both are exact.
@@ -177,12 +178,12 @@ def banded_attention(q, k, v, seg, block: int):
   blocks i-1, i, i+1, so each query block attends to those 3 * block keys only: O(P * block) instead of
   O(P^2). Exactly equal to `full_attention` under that condition.
   """
-  p, h, kd = q.shape
+  p, n, h = q.shape
   nb = -(-p // block)
   pad = nb * block - p
   qs, ks, vs = (jnp.pad(a, ((0, pad), (0, 0), (0, 0))) for a in (q, k, v))
   seg = jnp.pad(seg, (0, pad), constant_values=-1)  # padding rows: a segment of their own (-1)
-  qb = qs.reshape(nb, block, h, kd)
+  qb = qs.reshape(nb, block, n, h)
   segb = seg.reshape(nb, block)
 
   def neighbours(a, fill):
@@ -191,18 +192,18 @@ def banded_attention(q, k, v, seg, block: int):
     return jnp.concatenate([a[:-2], a[1:-1], a[2:]], axis=1)  # [nb, 3 * block, ...]
 
   out = _segment_attention(qb, neighbours(ks, 0), neighbours(vs, 0), segb, neighbours(seg, -2))
-  return out.reshape(nb * block, h, kd)[:p]
+  return out.reshape(nb * block, n, h)[:p]
 
 
 def rotary_cos_sin(rope_pos: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
-  """2-D rotary tables: int32[P, 2] (row, col) -> (cos, sin) float32[P, K].
+  """2-D rotary tables: int32[P, 2] (row, col) -> (cos, sin) float32[P, H].
 
-  The first K/4 frequencies turn with the row, the next K/4 with the column; the K/2 angles are duplicated
+  The first H/4 frequencies turn with the row, the next H/4 with the column; the H/2 angles are duplicated
   for `rotate_half` (the reference's `Qwen2_5_VLVisionRotaryEmbedding.recomposition_frequencies`).
   """
-  inv = jnp.asarray(rope_lib.inv_frequencies(head_dim // 2, ROPE_THETA))     # [K/4]
-  freqs = rope_pos.astype(jnp.float32)[..., None] * inv                      # [P, 2, K/4]
-  freqs = freqs.reshape(freqs.shape[0], -1)                                  # [P, K/2]: rows then cols
+  inv = jnp.asarray(rope_lib.inv_frequencies(head_dim // 2, ROPE_THETA))     # [H/4]
+  freqs = rope_pos.astype(jnp.float32)[..., None] * inv                      # [P, 2, H/4]
+  freqs = freqs.reshape(freqs.shape[0], -1)                                  # [P, H/2]: rows then cols
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 
@@ -223,8 +224,8 @@ class VisionAttention(nn.Module):
     dt, pdt = as_dtype(self.cfg.dtype), as_dtype(self.cfg.param_dtype)
     qkv = Projection((3, v.num_heads, v.head_dim), ("vision_embed", None, "vision_heads", "vision_head_dim"),
                      use_bias=True, bias_axes=(None, "vision_heads", "vision_head_dim"), dtype=dt,
-                     param_dtype=pdt, name="qkv")(x)                           # [P, 3, H, K]
-    q, k, val = (constrain(qkv[:, i], PHK) for i in range(3))
+                     param_dtype=pdt, name="qkv")(x)                           # [P, 3, N, H]
+    q, k, val = (constrain(qkv[:, i], PNH) for i in range(3))
     q = rope_lib.apply_rope(q[None], cos[None], sin[None])[0]
     k = rope_lib.apply_rope(k[None], cos[None], sin[None])[0]
     def window_attn(q, k, val):
@@ -237,7 +238,7 @@ class VisionAttention(nn.Module):
       out = (full_attn if is_full else window_attn)(q, k, val)
     else:  # scanned: a per-block flag
       out = jax.lax.cond(is_full, full_attn, window_attn, q, k, val)
-    out = constrain(checkpoint_name(out, "attn_out"), PHK)
+    out = constrain(checkpoint_name(out, "attn_out"), PNH)
     return Projection((v.hidden_size,), ("vision_heads", "vision_head_dim", "vision_embed"), in_dims=2,
                       use_bias=True, bias_axes=("vision_embed",), dtype=dt, param_dtype=pdt, name="proj")(out)
 
@@ -288,7 +289,7 @@ class PatchMerger(nn.Module):
 
 
 class VisionTower(nn.Module):
-  """The Qwen2.5-VL vision tower: f32[P, patch_dim] pixels + `vision_metadata` -> [P // m^2, out_hidden_size]."""
+  """The Qwen2.5-VL vision tower: f32[P, C] pixels + `vision_metadata` -> [M, O] (M = P // m^2)."""
 
   cfg: ModelConfig
 
@@ -317,7 +318,7 @@ class VisionTower(nn.Module):
         block = block_cls(self.cfg, full_attention=i in v.fullatt_block_indexes, full_span=span,
                           name=f"blocks_{i}")
         x, _ = block(x, None, cos, sin, *segs)
-    x = PatchMerger(self.cfg, name="merger")(x)                          # [N, E], window order
+    x = PatchMerger(self.cfg, name="merger")(x)                          # [M, O], window order
     x = jnp.take(x, jnp.asarray(meta["reverse_index"]), axis=0)
     return constrain(x, ("activation_vision_patches", "activation_embed"))
 

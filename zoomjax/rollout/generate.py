@@ -3,6 +3,7 @@
     gen = Generator(cfg, params)
     sess = gen.session(batch_size=8, max_len=4096, seed=0)
     sess.append(token_rows, image_rows)            # prefill (or continue: text and new images mid-sequence)
+    sess.append(token_rows, image_rows, group_size=G)   # G identical rows per group: prefilled once, copied
     outs = sess.generate(256, Sampling(temperature=1.0, top_p=0.9), stop_token_ids=(im_end, eos))
     outs[b].tokens / outs[b].logprobs / outs[b].finish     # "stop" | "length" | "cut" | "idle"
     sess.rollback(b, n); sess.append(...)          # drop a row's tail (e.g. text after a crop request)
@@ -16,10 +17,18 @@ jits, with the params as an argument and the cache donated:
   and the head run on each row's last new token only. Positions of the new tokens come from the row's
   full history (`prepare_extend`), so a continuation after appended text + images gets the ids a fresh
   prefill of the whole sequence would.
-* `_decode_loop`: `lax.while_loop` over at most `n_max` (bucketed) steps; each step samples one token per
-  live row from the current logits, records it and its log-prob, and feeds it through `decode`
-  (positions `length + rope_deltas`). A row stops at a stop token (kept, fed to the cache) or at its own
-  budget `limit[b]`.
+* `_extend_shared` (a GRPO group's prompt): the same on one row per group (the vision tower and the LM
+  prefill run on `B / G` rows), then the updated cache rows and logits are copied into the group's G rows
+  (`cache.take_rows` / `put_rows`, one program, cache donated).
+* `_decode_loop`: `lax.while_loop` over at most `n_max` (bucketed) steps, carrying a `DecodeState`; each
+  step samples one token per live row from the current logits, records it and its log-prob, and feeds it
+  through `decode` (positions `length + rope_deltas`). A row stops at a stop token (kept, fed to the
+  cache) or at its own budget `limit[b]`. Without a `stop_fn` a whole `generate` call is one device
+  program and one host transfer at the end.
+
+On CPU the programs read a per-layer copy of the weights (`Generator(unstack=...)`,
+`qwen2_5_vl.unstack_layers`): under `nn.scan` each decode step copies every layer's weights out of the
+stacked arrays before its matmuls.
 
 Invariants of a `Session` row: the cache holds the row's whole token history, and `next_logits[b]` are
 the model's logits after it. `rollback` breaks the second (the row is "stale" until the next `append`).
@@ -45,6 +54,7 @@ import functools
 import math
 from typing import Any, Callable, Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +62,7 @@ import numpy as np
 from zoomjax.model import cache as cache_lib
 from zoomjax.model.config import ModelConfig
 from zoomjax.model.inputs import prepare_extend
+from zoomjax.model.qwen2_5_vl import unstack_layers
 
 FINISH_REASONS = ("stop", "length", "cut", "idle")
 
@@ -170,6 +181,32 @@ def _extend_last(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_log
   return jnp.where((n > 0)[:, None], last, prev_logits), cache
 
 
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(2, 5))
+def _extend_shared(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits, leaders, copy_to, copy_from):
+  """`_extend_last` on the rows `leaders` (int32[Bl]) only; then row `copy_to[i]` gets a copy of the updated
+  leader row `copy_from[i]` (an index into `leaders`) and its logits. int32[R] each; `copy_to` entries >= B
+  are skipped. One program: the gather, the group leaders' extend and the scatter into the donated cache."""
+  small = cache_lib.take_rows(cache, leaders)
+  last, small = cache_lib.extend(cfg, params, small, inputs, pixel_values, last_only=True)
+  last = jnp.where((inputs["num_new"] > 0)[:, None], last, prev_logits[leaders])
+  cache = cache_lib.put_rows(cache, copy_to, small, copy_from)
+  return prev_logits.at[copy_to].set(last[copy_from], mode="drop"), cache
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """What `_decode_loop`'s `lax.while_loop` carries (B rows, n_max steps at most)."""
+
+  step: jax.Array       # int32[]: decode steps taken
+  cache: Any            # the KV cache (`zoomjax.model.cache`), rows advance as they sample
+  logits: jax.Array     # float32[B, V]: each row's next-token logits (kept as is once the row is done)
+  tokens: jax.Array     # int32[B, n_max]: sampled ids, step t in column t; pad id after a row stops
+  logprobs: jax.Array   # float32[B, n_max]: raw-model log-probs of `tokens` (0 after a row stops)
+  n_gen: jax.Array      # int32[B]: tokens sampled per row
+  done: jax.Array       # bool[B]: row stopped (stop token, budget `limit`, or nothing to do)
+  hit_stop: jax.Array   # bool[B]: row stopped at a stop token
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "stop_ids", "n_max", "processor"),
                    donate_argnames=("cache", "logits"))
 def _decode_loop(params, cache, logits, limit, key, *, cfg: ModelConfig, sampling: Sampling,
@@ -180,31 +217,28 @@ def _decode_loop(params, cache, logits, limit, key, *, cfg: ModelConfig, samplin
   stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   pad = jnp.int32(cfg.pad_token_id)
 
-  def cond(state):
-    step, _, _, _, _, _, done, _ = state
-    return (step < n_max) & ~jnp.all(done)
+  def cond(s: DecodeState):
+    return (s.step < n_max) & ~jnp.all(s.done)
 
-  def body(state):
-    step, cache, logits, toks, lps, n_gen, done, hit = state
-    live = ~done
-    x = logits if processor is None else processor(logits, cache["length"])
-    tok = sample_tokens(x, jax.random.fold_in(key, step), sampling)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), tok[:, None], axis=1)[:, 0]
+  def body(s: DecodeState) -> DecodeState:
+    live = ~s.done
+    x = s.logits if processor is None else processor(s.logits, s.cache["length"])
+    tok = sample_tokens(x, jax.random.fold_in(key, s.step), sampling)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1), tok[:, None], axis=1)[:, 0]
     tok = jnp.where(live, tok, pad)
-    toks = toks.at[:, step].set(tok)
-    lps = lps.at[:, step].set(jnp.where(live, lp, 0.0))
-    n_gen = n_gen + live.astype(jnp.int32)
+    n_gen = s.n_gen + live.astype(jnp.int32)
     is_stop = live & jnp.isin(tok, stops)
-    hit = hit | is_stop
-    new_logits, cache = cache_lib.decode(cfg, params, cache, tok, active=live)
-    logits = jnp.where(live[:, None], new_logits, logits)
-    done = done | is_stop | (n_gen >= limit)
-    return step + 1, cache, logits, toks, lps, n_gen, done, hit
+    new_logits, cache = cache_lib.decode(cfg, params, s.cache, tok, active=live)
+    return DecodeState(step=s.step + 1, cache=cache, logits=jnp.where(live[:, None], new_logits, s.logits),
+                       tokens=s.tokens.at[:, s.step].set(tok),
+                       logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, lp, 0.0)), n_gen=n_gen,
+                       done=s.done | is_stop | (n_gen >= limit), hit_stop=s.hit_stop | is_stop)
 
-  init = (jnp.int32(0), cache, logits, jnp.full((b, n_max), pad, jnp.int32), jnp.zeros((b, n_max), jnp.float32),
-          jnp.zeros((b,), jnp.int32), limit <= 0, jnp.zeros((b,), bool))
-  _, cache, logits, toks, lps, n_gen, _, hit = jax.lax.while_loop(cond, body, init)
-  return toks, lps, n_gen, hit, cache, logits
+  init = DecodeState(step=jnp.int32(0), cache=cache, logits=logits, tokens=jnp.full((b, n_max), pad, jnp.int32),
+                     logprobs=jnp.zeros((b, n_max), jnp.float32), n_gen=jnp.zeros((b,), jnp.int32),
+                     done=limit <= 0, hit_stop=jnp.zeros((b,), bool))
+  s = jax.lax.while_loop(cond, body, init)
+  return s.tokens, s.logprobs, s.n_gen, s.hit_stop, s.cache, s.logits
 
 
 # ------------------------------------------------------------------------------------------------ host API
@@ -248,16 +282,32 @@ class Generator:
     mesh / rules: when a mesh is given, each session's KV cache is placed by
       `zoomjax.model.cache.CACHE_LOGICAL_AXES` through `rules` (batch over data/fsdp, KV heads over tensor)
       and the device programs run under `sharding.activation_rules(mesh, rules)`.
+    unstack: run the programs on a per-layer copy of stacked (`cfg.scan_layers`) weights
+      (`qwen2_5_vl.unstack_layers`; `run_cfg` / `run_params`). Default: on the CPU backend, where a scanned
+      decode step copies every layer's weights out of the stacks (measured in
+      benchmarks/results/rollout.md); it costs a second copy of the weights while the caller keeps its own.
   """
 
   def __init__(self, cfg: ModelConfig, params: Any, *, cache_dtype: Any = None, min_bucket: int = 16,
-               mesh: Any = None, rules: Any = None):
+               mesh: Any = None, rules: Any = None, unstack: bool | None = None):
     self.cfg = cfg
-    self.params = params
     self.cache_dtype = cache_dtype
     self.min_bucket = int(min_bucket)
     self.mesh = mesh
     self.rules = rules
+    self.unstack = jax.default_backend() == "cpu" if unstack is None else bool(unstack)
+    self.params = params
+
+  @property
+  def params(self) -> Any:
+    return self._params
+
+  @params.setter
+  def params(self, params: Any) -> None:
+    """New weights (e.g. after a policy update); the per-layer copy the programs read is rebuilt."""
+    self._params = params
+    self.run_cfg, self.run_params = (unstack_layers(self.cfg, params) if self.unstack and self.cfg.scan_layers
+                                     else (self.cfg, params))
 
   def _context(self):
     if self.mesh is None:
@@ -309,10 +359,17 @@ class Session:
     """Tokens row `row` may still grow by."""
     return self.max_len - len(self.histories[row])
 
-  def append(self, tokens: Sequence[Sequence[int]], images: Sequence[Sequence[ImageInput]] | None = None) -> None:
+  def append(self, tokens: Sequence[Sequence[int]], images: Sequence[Sequence[ImageInput]] | None = None, *,
+             group_size: int = 1) -> None:
     """Appends new tokens (and the images whose `<|image_pad|>` runs they hold) to each row, then prefills
     them. `tokens[b]` may be empty (the row is left as it is). Image pads must already be expanded to
-    each image's token count."""
+    each image's token count.
+
+    `group_size` G > 1: rows `[g*G, (g+1)*G)` form a group whose histories and new tokens / images are
+    identical (e.g. the G samples of one GRPO prompt); only the group's first row is computed (vision
+    tower and prefill on `batch_size / G` rows) and its cache row and logits are copied into the other
+    G - 1 rows, which then diverge as they sample.
+    """
     if len(tokens) != self.batch_size:
       raise ValueError(f"{len(tokens)} token rows for a batch of {self.batch_size}")
     images = images if images is not None else [[] for _ in range(self.batch_size)]
@@ -329,30 +386,69 @@ class Session:
       if len(self.histories[b]) + len(new_rows[b]) > self.max_len:
         raise ValueError(f"row {b}: {len(self.histories[b]) + len(new_rows[b])} tokens exceed max_len "
                          f"{self.max_len}")
+    if group_size > 1:
+      self._check_groups(group_size, new_rows, images)
     if not any(new_rows):
       return
     for b in range(self.batch_size):
       self.histories[b].extend(new_rows[b])
       self.images[b].extend(images[b])
-    hist = self.histories + [[] for _ in range(self._b - self.batch_size)]
-    grids = [np.asarray([im.grid_thw for im in r], np.int64).reshape(-1, 3) for r in self.images]
-    grids += [None] * (self._b - self.batch_size)
-    new_pix = [im.pixel_values for b in range(self.batch_size) for im in images[b]]
+    run_cfg, params = self.gen.run_cfg, self.gen.run_params
+    if group_size <= 1:
+      inputs, pv = self._extend_inputs(list(range(self.batch_size)), self._b, new_rows, images)
+      with self.gen._context():
+        self._logits, self._cache = _extend_last(run_cfg, params, self._cache, inputs, pv, self._logits)
+    else:
+      leaders = list(range(0, self.batch_size, group_size))
+      nl = bucket(len(leaders), 1)
+      inputs, pv = self._extend_inputs(leaders, nl, new_rows, images)
+      lead_idx = np.zeros(nl, np.int32)
+      lead_idx[:len(leaders)] = leaders
+      copy_to = np.full(self._b, self._b, np.int32)          # >= B: skipped (padded rows stay as they are)
+      copy_to[:self.batch_size] = np.arange(self.batch_size)
+      copy_from = np.zeros(self._b, np.int32)
+      copy_from[:self.batch_size] = np.arange(self.batch_size) // group_size
+      with self.gen._context():
+        self._logits, self._cache = _extend_shared(run_cfg, params, self._cache, inputs, pv, self._logits,
+                                                   lead_idx, copy_to, copy_from)
+    for b in range(self.batch_size):
+      if new_rows[b]:
+        self._cached[b] = len(self.histories[b])
+        self._stale[b] = False
+
+  def _check_groups(self, g: int, new_rows, images) -> None:
+    if self.batch_size % g:
+      raise ValueError(f"group_size {g} does not divide the batch of {self.batch_size} rows")
+    for b in range(self.batch_size):
+      lead = b - b % g
+      if b == lead:
+        continue
+      same = (new_rows[b] == new_rows[lead] and self.histories[b] == self.histories[lead]
+              and len(images[b]) == len(images[lead]) and len(self.images[b]) == len(self.images[lead])
+              and all(x is y or (np.array_equal(x.grid_thw, y.grid_thw) and np.array_equal(x.pixel_values, y.pixel_values))
+                      for x, y in zip(self.images[b] + list(images[b]), self.images[lead] + list(images[lead]))))
+      if not same:
+        raise ValueError(f"group_size {g}: row {b} differs from row {lead}, the first of its group")
+
+  def _extend_inputs(self, rows: list[int], n: int, new_rows, images):
+    """Host inputs of an `extend` over `rows` (padded to `n` rows): tokens, positions, image patches."""
+    cfg = self.cfg
+    hist = [self.histories[b] for b in rows] + [[] for _ in range(n - len(rows))]
+    grids = [np.asarray([im.grid_thw for im in self.images[b]], np.int64).reshape(-1, 3) for b in rows]
+    grids += [None] * (n - len(rows))
+    cached = np.zeros(n, np.int64)
+    cached[:len(rows)] = self._cached[rows]
+    new_pix = [im.pixel_values for b in rows for im in images[b]]
     n_patch = sum(p.shape[0] for p in new_pix)
     pad_patches = bucket(n_patch, 4 * cfg.vision.spatial_merge_size ** 2) if new_pix else None
-    tn = bucket(max(len(r) for r in new_rows), self.gen.min_bucket)
-    inputs = prepare_extend(cfg, hist, self._cached, grids, pad_to=tn, pad_patches_to=pad_patches)
+    tn = bucket(max(len(new_rows[b]) for b in rows), self.gen.min_bucket)
+    inputs = prepare_extend(cfg, hist, cached, grids, pad_to=tn, pad_patches_to=pad_patches)
     inputs.pop("image_grid_thw", None)
     pv = None
     if new_pix:
       pv = np.zeros((pad_patches, cfg.vision.patch_dim), np.float32)
       pv[:n_patch] = np.concatenate(new_pix, 0)
-    with self.gen._context():
-      self._logits, self._cache = _extend_last(cfg, self.gen.params, self._cache, inputs, pv, self._logits)
-    for b in range(self.batch_size):
-      if new_rows[b]:
-        self._cached[b] = len(self.histories[b])
-        self._stale[b] = False
+    return inputs, pv
 
   def rollback(self, row: int, length: int) -> None:
     """Drops row `row`'s history after `length` tokens (an image may not be cut). The row must be
@@ -407,8 +503,8 @@ class Session:
       key = jax.random.fold_in(self._key, self._calls)
       with self.gen._context():
         toks, lps, n_gen, hit, self._cache, self._logits = _decode_loop(
-            self.gen.params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
-            cfg=self.cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
+            self.gen.run_params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
+            cfg=self.gen.run_cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
             processor=logits_processor)
       toks, lps, n_gen, hit = (np.asarray(a) for a in (toks, lps, n_gen, hit))
       for b in sorted(live):

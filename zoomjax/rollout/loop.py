@@ -27,6 +27,10 @@ Per request (rows run batched, in lock step, in one `Session`):
    decoding does not attend over slots no trajectory can reach. (A downstream tool returning an image
    larger than `long_side` may therefore stop a trajectory early with "budget".)
 5. Requests run in batches of `batch_size` rows (one session each; batch i samples with seed `seed + i`).
+   `rollout(..., group_size=G)` (GRPO): requests hold each prompt G times in a row; batches hold whole
+   groups, and each group's image, prompt encoding, vision tower and prefill are computed once and its KV
+   rows copied into the G rows (`Session.append(..., group_size=G)`), which diverge from the first sampled
+   token; the same seed gives the same trajectories as computing every row (`share_prefix=False`).
 
 Masks: sampled tokens 1; prompt, appended images, tool-response text 0 (`Trajectory`). With a
 `logits_processor` (see `generate.Sampling`) the decode can be biased, e.g. to force a known sequence.
@@ -182,7 +186,8 @@ def _cut_before(codec: TextCodec, toks: Sequence[int], char_index: int) -> int:
 
 def rollout(generator, tokenizer, requests: Sequence[Request], config: LoopConfig = LoopConfig(), *,
             registry: ToolRegistry | None = None, seed: int = 0,
-            logits_processor: Callable | None = None) -> list[Trajectory]:
+            logits_processor: Callable | None = None, group_size: int = 1,
+            share_prefix: bool = True) -> list[Trajectory]:
   """Runs the perception loop for a batch of requests (module docstring); one `Trajectory` each.
 
   Args:
@@ -193,23 +198,46 @@ def rollout(generator, tokenizer, requests: Sequence[Request], config: LoopConfi
     registry: tools (default: `crop_and_zoom` only). The released protocol always uses `crop_and_zoom`.
     seed: sampling seed of the session.
     logits_processor: optional `(logits, lengths) -> logits` applied before sampling.
+    group_size: G, the samples per prompt of a GRPO group: `requests` holds each prompt G times in a row
+      (the same image object or path, and question). A batch then holds whole groups
+      (`max(G, batch_size // G * G)` rows) and, with `share_prefix`, each group's image is decoded and
+      preprocessed once and its prompt (vision tower + prefill) computed once and copied into its G rows
+      (`Session.append(..., group_size=G)`); the rows diverge from the first sampled token on.
+      `share_prefix=False` computes every row (same batches, same seeds: the same trajectories).
   Raises:
     zoomjax.data.images.ImageError: an image cannot be used (missing, corrupt, above the pixel limit).
+    ValueError: `len(requests)` is not a multiple of `group_size`, or a group's requests differ.
   """
+  g = int(group_size)
+  if g < 1 or len(requests) % g:
+    raise ValueError(f"group_size must be >= 1 and divide the {len(requests)} requests, got {group_size}")
+  for i in range(0, len(requests), g):
+    lead = requests[i]
+    for k in range(i + 1, i + g):
+      r = requests[k]
+      if r.question != lead.question or not (r.image is lead.image or (
+          isinstance(r.image, (str, os.PathLike)) and isinstance(lead.image, (str, os.PathLike))
+          and os.fspath(r.image) == os.fspath(lead.image))):
+        raise ValueError(f"group_size {g}: request {k} differs from request {i}, the first of its group")
+  per_batch = max(g, config.batch_size // g * g)
   out: list[Trajectory] = []
-  for i in range(0, len(requests), config.batch_size):
-    out.extend(_rollout_batch(generator, tokenizer, requests[i:i + config.batch_size], config,
-                              registry or default_registry(), seed + i // config.batch_size, logits_processor))
+  for i in range(0, len(requests), per_batch):
+    out.extend(_rollout_batch(generator, tokenizer, requests[i:i + per_batch], config,
+                              registry or default_registry(), seed + i // per_batch, logits_processor,
+                              g if share_prefix else 1))
   return out
 
 
-def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logits_processor):
+def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logits_processor, group=1):
+  """One session over `requests`; with `group` > 1 each run of `group` rows shares its prompt's prefill."""
   cfg = config
   codec = TextCodec(tokenizer)
   pad_id = codec.token_id(P.IMAGE_PAD)
   stop_ids = tuple(codec.token_id(t) for t in P.END_OF_TURN_TOKENS)
   im_end = codec.token_id(P.IM_END)
-  rows = [_Row(r, _scene(r, cfg)) for r in requests]
+  rows = []
+  for i, r in enumerate(requests):   # a group's rows share one scene (decoded once)
+    rows.append(_Row(r, rows[i - i % group].scene if i % group else _scene(r, cfg)))
 
   def encode(segments: Sequence[P.Segment], images: Sequence[ImageInput]):
     counts = [im.num_tokens(generator.cfg) for im in images]
@@ -217,7 +245,13 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
 
   # ---- prompt
   new_tok, new_img = [], []
-  for r in rows:
+  for i, r in enumerate(rows):
+    if i % group:                    # the group's prompt, encoded once
+      r.add(new_tok[-1], rows[i - 1].mask)
+      r.images.append(new_img[-1][0])
+      new_tok.append(new_tok[-1])
+      new_img.append(new_img[-1])
+      continue
     view = _model_image(r.scene.view, cfg)
     tools = registry.schemas() if cfg.protocol == "multiturn" else None
     prompt = P.render_prompt(r.req.question, cfg.protocol, tools=tools, max_turns=cfg.max_turns)
@@ -234,7 +268,7 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
   img_bound = int(np.prod(smart_resize(side, side, 28, cfg.min_pixels, cfg.max_pixels))) // (28 * 28)
   need = max(prompt_lens) + steps * cfg.max_new_tokens + (steps - 1) * (img_bound + 256)
   sess = generator.session(len(rows), min(cfg.max_total_tokens, need), seed=seed)
-  sess.append(new_tok, new_img)
+  sess.append(new_tok, new_img, group_size=group)
 
   def stage1_cut(b: int, toks: list[int]) -> int | None:
     """Released stage 1: stop at `<answer>` once a box precedes it; keep the tokens before it."""
