@@ -101,16 +101,18 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
           params_fn: Callable[[], Any] | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
           flops_fn: Callable[[dict], float] | None = None, tokens_fn: Callable[[dict], float] | None = None,
           finish: Callable[[Any, dict], dict] | None = None, tokenizer=None, loop_cfg=None,
-          eval_at_start: bool = False) -> dict:
+          eval_at_start: bool = False, require_tokens: bool = True) -> dict:
   """Restore or init, train, check, export, evaluate (`finish(state, info) -> dict`), summarize.
 
-  `eval_at_start`: a fresh run logs `eval_fn` at step 0 too (the starting point of an RL stage)."""
+  `eval_at_start`: a fresh run logs `eval_fn` at step 0 too (the starting point of an RL stage).
+  `require_tokens`: a last logged step with no target token fails the run (SFT; in GRPO a batch whose
+  groups all had zero variance legitimately trains on nothing)."""
   run_dir = os.path.abspath(cfg.run_dir)
   ckpt = checkpoint.Checkpointer(cfg.path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
   try:
+    state, start = harness.restore_or_init(setup, ckpt, source, params_fn)
     with harness.mesh_ctx(setup):
-      state, start = harness.restore_or_init(setup, ckpt, source, params_fn)
       logger = MetricsLogger(run_dir, cfg.steps, start, progress=cfg.log.progress,
                              tensorboard=cfg.log.tensorboard, jsonl=cfg.log.jsonl)
       try:
@@ -122,7 +124,7 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
         summary: dict[str, Any] = {"run_dir": run_dir, "stage": stage, "checkpoints": ckpt.directory, **info,
                                    "metrics": logger.jsonl_path, "tensorboard": logger.tb_dir}
         if not info["preempted"]:
-          _check_trained(cfg, info, start, source)
+          _check_trained(cfg, info, start, source, require_tokens)
           summary.update(export(cfg, setup.model_cfg, state.params, info["final_step"], tokenizer, loop_cfg))
           if finish is not None:
             summary.update(finish(state, info))
@@ -139,12 +141,13 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
   return summary
 
 
-def _check_trained(cfg: TrainConfig, info: dict, start: int, source) -> None:
+def _check_trained(cfg: TrainConfig, info: dict, start: int, source, require_tokens: bool) -> None:
   """A run that took no step, or whose steps saw no target token, is a failure, not a success."""
   if info["final_step"] <= start and start < cfg.steps:
     raise TrainingFailed(f"no training step was taken (the data ended at once; {source.skipped} examples "
                          f"skipped); check the data and data.seq_len")
   last = info.get("last") or {}
-  if not np.isfinite(last.get("tokens", 1.0)) or last.get("tokens", 1.0) <= 0:
+  tokens = last.get("tokens", 1.0)
+  if require_tokens and (not np.isfinite(tokens) or tokens <= 0):
     raise TrainingFailed(f"the last logged step trained on 0 target tokens ({source.skipped} examples "
                          f"skipped); check data.seq_len and the data")

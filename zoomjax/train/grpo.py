@@ -322,10 +322,9 @@ def run(cfg: TrainConfig) -> dict:
                         max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
                         sampling=Sampling(temperature=gc.temperature, top_p=gc.top_p),
                         batch_size=cfg.data.batch_size)
-  with harness.mesh_ctx(setup):
-    ref_params = None
-    if gc.beta:
-      ref_params = params_fn() if params_fn is not None else harness.init_train_state(setup).params
+  ref_params = None  # the frozen initial policy (a second copy of the starting params)
+  if gc.beta:
+    ref_params = params_fn() if params_fn is not None else harness.init_train_state(setup).params
   src = GrpoSource(cfg, setup, tokenizer, rows, source, image_dir, loop_cfg, ref_params, max_patches)
   eval_rows = _eval_rows(cfg, root)
   eval_loop = LoopConfig(protocol=cfg.data.protocol, max_turns=gc.max_turns, max_new_tokens=gc.max_new_tokens,
@@ -345,7 +344,7 @@ def run(cfg: TrainConfig) -> dict:
     return {"answers": evaluate(state.params, info["final_step"])} if eval_rows else {}
 
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,
-                      eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True,
+                      eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True, require_tokens=False,
                       tokens_fn=lambda b: float(b["loss_mask"].sum()), finish=finish, tokenizer=tokenizer,
                       loop_cfg=eval_loop)
 

@@ -281,12 +281,14 @@ def build(cfg: TrainConfig, model_cfg, objective: Objective | None = None, mesh=
 
 
 def init_train_state(setup: Setup, params_fn: Callable[[], Any] | None = None) -> TrainState:
-  """A fresh state directly on its shardings. `params_fn()` gives initial params (default: random init)."""
+  """A fresh state directly on its shardings. `params_fn()` gives initial params (default: random init).
+  Call it outside `mesh_ctx`."""
   cfg = setup.cfg
   if params_fn is None:
     init = jax.jit(lambda key: init_params(setup.model_cfg, key), out_shardings=setup.shardings.params)
-    params = init(jax.random.PRNGKey(cfg.seed))
-  else:
+    with mesh_ctx(setup):
+      params = init(jax.random.PRNGKey(cfg.seed))
+  else:  # outside the activation-rules context: the loader builds its own abstract tree and shardings
     params = params_fn()
   make = jax.jit(lambda p: init_state(p, setup.tx, cfg.seed), out_shardings=setup.shardings, donate_argnums=0)
   return make(params)
