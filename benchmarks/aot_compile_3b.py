@@ -1,6 +1,11 @@
-"""Ahead-of-time compile of the Qwen2.5-VL-3B SFT step for a TPU topology, on a CPU-only machine.
+"""Ahead-of-time compile of the Qwen2.5-VL-3B SFT or GRPO step for a TPU topology, on a CPU-only machine.
 
     python benchmarks/aot_compile_3b.py [--topology v5e:4x4] [--config lrs_gro_3b_v5e16] [key=value ...]
+    python benchmarks/aot_compile_3b.py --config grpo_3b_released_v5e16     # GRPO: update + reference forward
+
+For a GRPO config (`algo: grpo`) the compiled step is the policy update (the GRPO objective over pieces
+that also carry `logp_old`, `logp_ref`, `advantage`), and the reference policy's log-prob forward over the
+same batch is compiled too; both memory figures are reported (they run one after the other).
 
 libtpu's topology API (`jax.experimental.topologies.get_topology_desc`) describes the TPU slice without
 any TPU attached; the real train step of `zoomjax.train` (same config, mesh, shardings, donation) is
@@ -55,7 +60,8 @@ def ensure_libtpu(cache_dir: str | None = None) -> str | None:
   return cache_dir
 
 
-def _piece_shapes(model_cfg, seq_len: int, max_patches: int, max_images: int, image_side: int) -> dict:
+def _piece_shapes(model_cfg, seq_len: int, max_patches: int, max_images: int, image_side: int,
+                  extra: bool = False) -> dict:
   """Device-input shapes of one realistic sequence (its images of `image_side` px, text filling T)."""
   import numpy as np
   from zoomjax.train import batching
@@ -69,7 +75,22 @@ def _piece_shapes(model_cfg, seq_len: int, max_patches: int, max_images: int, im
            "loss_mask": np.ones((1, seq_len), np.int32),
            "pixel_values": np.zeros((int(grid.prod(-1).sum()), model_cfg.vision.patch_dim), np.float32),
            "image_grid_thw": grid}
-  return batching.model_inputs(model_cfg, piece, max_patches)
+  keys = ()
+  if extra:  # GRPO pieces: the sampler's and the reference's log-probs, the advantage
+    piece.update(logp_old=np.zeros((1, seq_len), np.float32), logp_ref=np.zeros((1, seq_len), np.float32),
+                 advantage=np.zeros((1,), np.float32))
+    keys = ("logp_old", "logp_ref", "advantage")
+  return batching.model_inputs(model_cfg, piece, max_patches, keys)
+
+
+def _memory(compiled) -> dict:
+  ma = compiled.memory_analysis()
+  out = {k: int(getattr(ma, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                                          "temp_size_in_bytes", "generated_code_size_in_bytes")}
+  out["per_chip_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                           - out["alias_size_in_bytes"] + out["temp_size_in_bytes"]
+                           + out["generated_code_size_in_bytes"])
+  return out
 
 
 def compile_step(topology: str, config: str, overrides: list[str], image_side: int) -> dict:
@@ -78,7 +99,8 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
   from jax.experimental import topologies
   from jax.sharding import NamedSharding
 
-  from zoomjax.train import batching, harness as trainer, mesh as mesh_lib, sft
+  from zoomjax.model.logprobs import token_logprobs
+  from zoomjax.train import batching, grpo, harness as trainer, mesh as mesh_lib, sft
   from zoomjax.train.config import load_config
 
   cfg = load_config(config, ["model.hf_dir=null", *overrides])
@@ -87,10 +109,13 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   model_cfg = trainer.build_model_config(cfg)
   t0 = time.perf_counter()
-  setup = trainer.build(cfg, model_cfg, sft.OBJECTIVE, mesh=mesh)
+  is_grpo = cfg.algo == "grpo"
+  objective = grpo.make_objective(cfg.grpo) if is_grpo else sft.OBJECTIVE
+  setup = trainer.build(cfg, model_cfg, objective, mesh=mesh)
   s = batching.num_shards(mesh)
   b = cfg.data.batch_size // (cfg.optim.grad_accum * s)
-  piece = _piece_shapes(model_cfg, cfg.data.seq_len, cfg.data.max_patches, cfg.data.max_images, image_side)
+  piece = _piece_shapes(model_cfg, cfg.data.seq_len, cfg.data.max_patches, cfg.data.max_images, image_side,
+                        extra=is_grpo)
   sharding = batching.batch_sharding(mesh)
   batch = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((cfg.optim.grad_accum, s, b) + x.shape, x.dtype, sharding=sharding), piece)
@@ -98,15 +123,16 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
     lowered = setup.train_step.lower(setup.abstract_state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
+    ref = None
+    if is_grpo:  # the frozen reference's log-probs over the same batch (a forward, no gradient)
+      ref_fn = setup.piece_fn(lambda logits, pc: token_logprobs(logits, pc["input_ids"], cfg.grpo.temperature))
+      ref = _memory(ref_fn.lower(setup.abstract_state.params, batch).compile())
   t2 = time.perf_counter()
-  ma = compiled.memory_analysis()
   n_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(setup.abstract_state.params))
-  out = {k: int(getattr(ma, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-                                          "temp_size_in_bytes", "generated_code_size_in_bytes")}
-  out["per_chip_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                           - out["alias_size_in_bytes"] + out["temp_size_in_bytes"]
-                           + out["generated_code_size_in_bytes"])
-  out.update(topology=topology, device_kind=devices[0].device_kind, chips=len(devices), config=config,
+  out = _memory(compiled)
+  if ref is not None:
+    out["reference_forward"] = ref
+  out.update(algo=cfg.algo, topology=topology, device_kind=devices[0].device_kind, chips=len(devices), config=config,
              overrides=overrides, mesh=dict(mesh.shape), params=n_params, global_batch=cfg.data.batch_size,
              grad_accum=cfg.optim.grad_accum, seq_len=cfg.data.seq_len, patches_per_seq=cfg.data.max_patches,
              image_side=image_side, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
@@ -162,6 +188,9 @@ def main(argv=None) -> int:
           ("temporaries / chip", f"{res['temp_size_in_bytes'] / gib:.2f} GiB"),
           ("total / chip", f"{res['per_chip_bytes'] / gib:.2f} GiB" + (f" of {hbm} GiB HBM" if hbm else "")),
           ("lower / compile", f"{res['lower_s']} s / {res['compile_s']} s")]
+  if res.get("reference_forward"):
+    rows.insert(-1, ("reference fwd / chip", f"{res['reference_forward']['per_chip_bytes'] / gib:.2f} GiB "
+                                             f"(GRPO's logp_ref pass, run before the update)"))
   w = max(len(k) for k, _ in rows)
   print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
   if args.json:

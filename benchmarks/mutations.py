@@ -53,6 +53,12 @@ T_METRICS, T_OPTIM = ("tests/test_eval_metrics.py",), ("tests/test_train_optim.p
 T_BOXES = ("tests/test_data_images.py",)
 T_XENT = ("tests/test_train_step.py::test_masked_xent_matches_numpy",)
 T_CONST = ("tests/test_model_constants.py",)
+GRPO = "zoomjax/rl/grpo.py"
+T_GRPO = tuple(f"tests/test_grpo.py::{t}" for t in (
+    "test_group_advantages_std_and_mean_by_hand", "test_group_advantages_valid_mask_and_zero_variance",
+    "test_zero_variance_group_with_float_noise_is_exactly_zero", "test_term_advantages_normalise_each_term",
+    "test_policy_loss_clipping_both_signs_and_aggregations", "test_policy_loss_clip_higher_and_k3_kl",
+    "test_masked_tokens_get_exactly_zero_gradient"))
 
 MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- rl/rewards.py
@@ -139,7 +145,28 @@ MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- train/harness.py (resume)
     M(HARNESS, "      source.set_state(source_state)\n", "      del source_state\n", ("tests/test_train_resume_fast.py",),
       "HOLE 5: resume without restoring the data position"),
-    # ---------------------------------------------------------------- rl/grpo.py: append its mutations here
+    # ---------------------------------------------------------------- rl/grpo.py
+    M(GRPO, "    std = jnp.sqrt(jnp.sum(vf * centred ** 2) / jnp.maximum(n, 1.0))\n",
+      "    std = jnp.sqrt(jnp.sum(vf * centred ** 2) / jnp.maximum(n - 1.0, 1.0))\n", T_GRPO,
+      "advantages: sample std (ddof 1) instead of the population std"),
+    M(GRPO, "  return jnp.where(v & ~flat, adv, 0.0)\n", "  return jnp.where(v, adv, 0.0)\n", T_GRPO,
+      "advantages: a zero-variance group leaks float noise / (0 + eps)"),
+    M(GRPO, "  mean = jnp.sum(r * vf) / jnp.maximum(n, 1.0)\n", "  mean = jnp.mean(r)\n", T_GRPO,
+      "advantages: invalid (over-long) rows enter the group mean"),
+    M(GRPO, "  clipped_ratio = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)\n",
+      "  clipped_ratio = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_low)\n", T_GRPO,
+      "policy loss: clip-higher ignored (eps_high -> eps_low)"),
+    M(GRPO, "  per_token = -jnp.minimum(ratio * adv, clipped_ratio * adv)\n",
+      "  per_token = -jnp.maximum(ratio * adv, clipped_ratio * adv)\n", T_GRPO,
+      "policy loss: max instead of min (the pessimistic bound lost)"),
+    M(GRPO, "    kl = jnp.exp(d) - d - 1.0\n", "    kl = jnp.exp(d) - 1.0\n", T_GRPO,
+      "policy loss: k3 KL without the -log-ratio term"),
+    M(GRPO, "    denom = jnp.sum((row_tokens > 0).astype(jnp.float32))\n",
+      "    denom = jnp.asarray(row_tokens.shape[0], jnp.float32)\n", T_GRPO,
+      "policy loss: seq-mean over all rows, including rows with no generated token"),
+    M(GRPO, "  logp = jnp.where(on, jnp.asarray(logp, jnp.float32), 0.0)\n",
+      "  logp = jnp.asarray(logp, jnp.float32)\n", T_GRPO,
+      "policy loss: masked tokens' log-probs enter the math (junk / gradient leaks)"),
 ]
 
 

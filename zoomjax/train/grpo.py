@@ -7,7 +7,8 @@ One optimizer step (μ = `grpo.inner_steps` steps per rollout batch):
 
 1. **Rollout** (`GrpoSource.next(state)`): `data.batch_size / G` prompts of the RL split, each repeated
    G times, through `zoomjax.rollout.loop.rollout` with a `Generator` over `state.params` (no copy of the
-   weights), sampling at `grpo.temperature`. The *model* decides whether and where to crop. Trajectories
+   weights), sampling at `grpo.temperature`; each group's image, vision tower and prompt prefill run once
+   and the KV prefix is copied into its G rows (`group_size=G`). The *model* decides whether and where to crop. Trajectories
    are token-exact: the sampled ids, the loss mask (prompt, image and tool-response tokens 0), the
    sampler's log-probs, the images with their grids.
 2. **Reward** (host + jit kernels, `zoomjax.rl`): IoU, Region-Guided, answer (WordNet judge), format and
@@ -193,7 +194,7 @@ class GrpoSource:
     reqs = [Request(os.path.join(self.image_dir, r.image_name), r.question) for r in rows]
     gen = Generator(self.setup.model_cfg, state.params)
     seed = int(np.random.default_rng([cfg.seed, self.position["rollouts"]]).integers(2 ** 31))
-    trajs = rollout(gen, self.tokenizer, reqs, self.loop_cfg, seed=seed)
+    trajs = rollout(gen, self.tokenizer, reqs, self.loop_cfg, seed=seed, group_size=gc.group_size)
     t_roll = time.perf_counter() - t0
     sizes = [self.source.store.size(r.image_name) for r in rows]
     terms = score(trajs, rows, sizes, gc, cfg.data.protocol)
