@@ -158,6 +158,9 @@ class GrpoSource:
     s = batching.num_shards(setup.mesh)
     lo, hi = batching.local_shard_range(setup.mesh)
     a = cfg.optim.grad_accum
+    if cfg.data.batch_size % (a * s):
+      raise ConfigError(f"data.batch_size: {cfg.data.batch_size} trajectories must be divisible by grad_accum ({a}) "
+                        f"x the mesh's batch shards data*fsdp ({s}) = {a * s}")
     self.layout = (a, s, cfg.data.batch_size // (a * s))
     self.local = (lo, hi)
 
