@@ -22,7 +22,9 @@ Fair threads: torch gets `os.cpu_count()` threads by default, as many as XLA's C
 Roofline, measured on the same machine in the same rounds: a decode step must at least read every
 language-model weight once (the tied embedding counts once, as the output projection) plus the KV cache
 up to the rows' lengths. `t_read` = the time of one jitted reduction over arrays of exactly those bytes
-(the weights and a cache-sized array at the mean length, prompt + N/2 slots per row). Memory roofline =
+(the weights and a cache-sized array at the mean length, prompt + N/2 slots per row), or of jitted
+matrix-vector products over the same arrays when those are faster (the bandwidth printed is the better
+of the two; the reduction's alone beside it). Memory roofline =
 `B / t_read` tokens/s; "% roofline" = achieved / that. A compute floor is printed beside it: FLOPs per step
 (2 per multiply-add of every weight matrix, the head included, and of attention) over the FLOP/s of a
 jitted 1024^3 float32 matmul in the same rounds; at batch >= 8 in float32 it, not the bandwidth, bounds
@@ -142,6 +144,10 @@ def main(argv=None) -> int:
   w_bytes = sum(a.nbytes for a in lang)
   w_flops = 2 * sum(a.size for a in lang if a.ndim >= 2)   # every weight matrix once (the tied head included)
   read = jax.jit(lambda arrs: sum(jnp.sum(a) for a in arrs))
+  # the same bytes read by matrix-vector products (XLA CPU's reduction does not always reach the bandwidth
+  # a GEMV does): each array as [rows, -1], multiplied by a ones row vector
+  gemv = jax.jit(lambda arrs: sum(jnp.sum(jnp.ones((1, a.shape[0]), a.dtype) @ a.reshape(a.shape[0], -1))
+                                  for a in arrs))
   matmul = jax.jit(lambda a: a @ a)
   square = jnp.ones((1024, 1024), jnp.float32)
 
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
     run_torch(rows, ims, 2)
     tj = {1: [], n: []}
     tt = {1: [], n: []}
-    t_read, t_mm = [], []
+    t_read, t_gemv, t_mm = [], [], []
     ts = {1: [], n: []}
     if args.also_scanned:
       run_jax(rows, ims, n, g=gen_scan)
@@ -181,18 +187,20 @@ def main(argv=None) -> int:
         dt, ttoks = run_torch(rows, ims, k)
         tt[k].append(dt)
       t_read.append(timed(read, lang + [kv]))
+      t_gemv.append(timed(gemv, [a for a in lang if a.ndim >= 2] + [kv.reshape(-1, 512)]))
       t_mm.append(timed(matmul, square))
     same = sum(a == c for a, c in zip(jtoks, ttoks))
     jd = statistics.median(tj[n]) - statistics.median(tj[1])
     td = statistics.median(tt[n]) - statistics.median(tt[1])
     jtps = b * (n - 1) / jd
-    bw = step_bytes / statistics.median(t_read)
+    bw = step_bytes / min(statistics.median(t_read), statistics.median(t_gemv))
+    bw_red = step_bytes / statistics.median(t_read)
     peak = 2 * 1024 ** 3 / statistics.median(t_mm)
     if args.also_scanned:
       sd = statistics.median(ts[n]) - statistics.median(ts[1])
       scanned.append((b, b * (n - 1) / sd, jtps))
     results.append((b, jtps, b * (n - 1) / td, statistics.median(tj[1]), statistics.median(tt[1]), same,
-                    b * bw / step_bytes, bw, b * peak / step_flops, peak, step_bytes))
+                    b * bw / step_bytes, bw, b * peak / step_flops, peak, step_bytes, bw_red))
 
   by_len = []
   for b in args.batches if args.cache_lens else ():
@@ -214,13 +222,15 @@ def main(argv=None) -> int:
         f"{n} new tokens, {mode}, fp32")
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
-  print("| batch | zoomjax tokens/s | transformers tokens/s | speed-up | memory roofline tok/s (MB/step @ GB/s) "
+  print("| batch | zoomjax tokens/s | transformers tokens/s | speed-up | memory roofline tok/s (MB/step @ GB/s; "
+        "reduction alone) "
         "| % of roofline | compute floor tok/s (@ GFLOP/s) | % of floor | prefill+1 ms (zoomjax / transformers) "
         "| identical rows |")
   print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for b, j, tr, pj, pt, same, roof, bw, floor, peak, nbytes in results:
+  for b, j, tr, pj, pt, same, roof, bw, floor, peak, nbytes, bw_red in results:
     ident = f"{same}/{b}" if args.top_p is None else "n/a (sampled)"
-    print(f"| {b} | {j:.0f} | {tr:.0f} | {j / tr:.2f}x | {roof:.0f} ({nbytes / 1e6:.0f} MB @ {bw / 1e9:.1f}) "
+    print(f"| {b} | {j:.0f} | {tr:.0f} | {j / tr:.2f}x | {roof:.0f} ({nbytes / 1e6:.0f} MB @ {bw / 1e9:.1f}; "
+          f"{bw_red / 1e9:.1f}) "
           f"| {100 * j / roof:.0f} % | {floor:.0f} (@ {peak / 1e9:.0f}) | {100 * j / floor:.0f} % "
           f"| {pj * 1e3:.0f} / {pt * 1e3:.0f} | {ident} |")
   if scanned:

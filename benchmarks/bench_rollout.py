@@ -7,7 +7,8 @@
 released protocol, temperature-1 sampling, same seed on both sides. The model is random: the LM of
 `bench_decode.py`'s small config (4 x 512, 8 / 2 heads, MLP 1376) and its 2-block ViT, with the vocabulary
 of a byte-level BPE trained on the protocol's templates; every image is a 1024 x 768 RGB picture whose
-512-px global view is 252 image tokens (1008 ViT patches), ~330 prompt tokens per row. With sharing the
+512-px global view is 252 image tokens (1008 ViT patches); a row's prompt is 662 tokens (the small BPE
+spends ~410 on the template). With sharing the
 image is decoded and preprocessed, the ViT run and the prompt prefilled once per group (8 rows instead of
 32), and the KV rows copied into the group's rows; the decode is the same. tokens/s = sampled tokens /
 wall time of the whole `rollout` call (prefill + decode + host work); medians of `--rounds` interleaved
