@@ -62,13 +62,13 @@ def test_run_cli_with_a_tiny_model(tmp_path):
   from PIL import Image
 
   from zoomjax import hf
-  from zoomjax.data import tokenizer as T
+  from zoomjax.data import tokenizer as T, toy_earth_tokenizer
   from zoomjax.eval.__main__ import main
   from zoomjax.model import ModelConfig
   from zoomjax.model.qwen2_5_vl import init_params
 
   model = tmp_path / "model"
-  T.toy_earth_tokenizer(model, num_images=4)
+  toy_earth_tokenizer.build(model, num_images=4)
   tok = T.load_tokenizer(model)
   cfg = ModelConfig.tiny(vocab_size=T.padded_vocab_size(tok), **T.special_ids(tok))
   hf.save(model, cfg, init_params(cfg, jax.random.PRNGKey(0)))

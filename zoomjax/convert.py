@@ -3,7 +3,7 @@
     python -m zoomjax.convert to-orbax --hf-dir HF_DIR --out CKPT [--dtype bfloat16] [--unrolled]
     python -m zoomjax.convert to-hf --orbax-dir CKPT --out HF_DIR [--config HF_DIR_OR_CONFIG_JSON]
 
-The orbax side is the params-only layout the trainer exports (`zoomjax.train.checkpoint.export_params`):
+The orbax side is the params-only layout the trainer exports (`zoomjax.params_io.export_params`):
 an `orbax.checkpoint.StandardCheckpointer` tree `{"visual": …, "language": …}` with an `info.json` beside
 it holding `{"model_config": <HF config dict>, "scan_layers": bool, …}`. `to-hf` reads the model config
 from that `info.json` (or `--config`), detects the scanned/unrolled layout from the stored tree, and
@@ -22,29 +22,17 @@ from typing import Any, Sequence
 
 from zoomjax import cli
 
-INFO = "info.json"
+INFO = "info.json"  # = zoomjax.params_io.INFO (not imported here: the CLI fails fast without loading jax)
 
 
 def hf_to_orbax(hf_dir: str, out: str, dtype: str = "float32", scan_layers: bool = True) -> str:
   """Loads an HF directory and writes an orbax params checkpoint at `out` (replaced if present)."""
   import jax.numpy as jnp
-  import orbax.checkpoint as ocp
-  from etils import epath
-
-  from zoomjax import hf
+  from zoomjax import hf, params_io
   cfg, params = hf.load(hf_dir, dtype=jnp.dtype(dtype), scan_layers=scan_layers)
-  out = os.path.abspath(out)
-  if epath.Path(out).exists():
-    epath.Path(out).rmtree()
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(out, params)
-  ckptr.wait_until_finished()
-  ckptr.close()
   info = {"model_config": cfg.to_hf_dict(), "scan_layers": cfg.scan_layers, "param_dtype": cfg.param_dtype,
           "source": os.path.abspath(hf_dir)}
-  with open(os.path.join(out, INFO), "w") as f:
-    json.dump(info, f, indent=1)
-  return out
+  return params_io.export_params(out, params, info)
 
 
 def _read_json(path: str, flag: str) -> Any:
@@ -72,21 +60,17 @@ def orbax_to_hf(orbax_dir: str, out: str, config: str | None = None,
                 max_shard_bytes: int | None = None) -> str:
   """Reads an orbax params checkpoint and writes an HF directory at `out`."""
   import jax
-  import orbax.checkpoint as ocp
 
-  from zoomjax import hf
+  from zoomjax import hf, params_io
   from zoomjax.model.config import ModelConfig
   orbax_dir = os.path.abspath(orbax_dir)
   hf_cfg = _read_config(orbax_dir, config)
-  ckptr = ocp.StandardCheckpointer()
   try:
-    params = ckptr.restore(orbax_dir)
+    params = params_io.load_params(orbax_dir)
   except (OSError, ValueError) as e:       # orbax / tensorstore: not a checkpoint, or a torn one
     raise cli.UserError(f"--orbax-dir {orbax_dir} is not a readable orbax params checkpoint "
                         f"({cli.describe(e)[1][:300]}); pass a directory written by to-orbax or the "
                         "trainer's export") from None
-  finally:
-    ckptr.close()
   scan = "layers" in params.get("language", {})
   dtype = jax.tree.leaves(params)[0].dtype.name
   cfg = ModelConfig.from_hf_dict(hf_cfg, scan_layers=scan, param_dtype=dtype, dtype=dtype)

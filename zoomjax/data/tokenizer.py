@@ -245,12 +245,3 @@ def encoder(tok) -> Callable[[str], list[int]]:
   if backend is not None:
     return lambda s: backend.encode(s, add_special_tokens=False).ids
   return lambda s: tok.encode(s, add_special_tokens=False)
-
-
-def toy_earth_tokenizer(out_dir: str | os.PathLike, seed: int = 0, num_images: int = 64,
-                        vocab_size: int = DEFAULT_VOCAB_SIZE, extra_texts: Sequence[str] = ()) -> str:
-  """Deprecated alias of `zoomjax.data.toy_earth_tokenizer.build` (kept while `zoomjax.train` calls it).
-
-  The import is local on purpose: the Toy Earth recipe imports this module, not the other way round."""
-  from zoomjax.data import toy_earth_tokenizer
-  return toy_earth_tokenizer.build(out_dir, seed, num_images, vocab_size, extra_texts)

@@ -32,6 +32,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from zoomjax import params_io
+from zoomjax.params_io import export_params, load_params  # noqa: F401  (re-exported: the run's exports)
+
 _ITEMS = ("state", "data", "meta")
 CORRUPT_SUFFIX = ".corrupt"
 
@@ -179,9 +182,7 @@ def _shapes(tree: Any) -> dict[str, tuple]:
           if hasattr(leaf, "shape")}
 
 
-def _abspath(path: str) -> str:
-  """Absolute local path; URLs (`gs://…`) pass through (orbax reads and writes them via epath)."""
-  return path if "://" in path else os.path.abspath(path)
+_abspath = params_io.abspath
 
 
 def encode_data_state(data_state: Any) -> dict:
@@ -200,29 +201,3 @@ def decode_data_state(obj: Any) -> Any:
   if obj["kind"] == "bytes":
     return obj["value"].encode("latin-1")
   return obj["value"]
-
-
-def export_params(path: str, params: Any, extra: dict | None = None) -> str:
-  """Writes a params-only orbax checkpoint (for inference) to `path`, plus `extra` as `info.json`."""
-  path = _abspath(path)
-  if jax.process_index() == 0 and epath.Path(path).exists():
-    epath.Path(path).rmtree()
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path, params)
-  ckptr.wait_until_finished()
-  ckptr.close()
-  if extra is not None and jax.process_index() == 0:
-    (epath.Path(path) / "info.json").write_text(json.dumps(extra, indent=1, default=str))
-  logging.info("exported params to %s", path)
-  return path
-
-
-def load_params(path: str, abstract_params: Any | None = None) -> Any:
-  """Reads a params checkpoint written by `export_params` (onto `abstract_params`' shardings if given)."""
-  ckptr = ocp.StandardCheckpointer()
-  try:
-    if abstract_params is None:
-      return ckptr.restore(_abspath(path))
-    return ckptr.restore(_abspath(path), abstract_params)
-  finally:
-    ckptr.close()

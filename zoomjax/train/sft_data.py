@@ -29,7 +29,7 @@ import jax
 from absl import logging
 
 from zoomjax.data import tokenizer as T
-from zoomjax.data import toy_earth
+from zoomjax.data import toy_earth, toy_earth_tokenizer
 from zoomjax.data.lrs_gro import LrsGroSource, split_by_image
 from zoomjax.data.memo import Memo
 from zoomjax.data.pipeline import Buckets, sft_batches
@@ -127,7 +127,7 @@ def load_tokenizer(cfg: TrainConfig, root: str):
   def make():
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
       print(f"training the tokenizer into {path} ...", flush=True)
-      T.toy_earth_tokenizer(path, seed=cfg.data.toy_seed, num_images=cfg.data.num_images)
+      toy_earth_tokenizer.build(path, seed=cfg.data.toy_seed, num_images=cfg.data.num_images)
 
   _on_process0(make, "zoomjax-tokenizer")
   return T.load_tokenizer(path)
