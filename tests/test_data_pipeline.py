@@ -187,4 +187,7 @@ def test_toy_version_and_box_weight(data):
   # the toy block names the referent before its box (same JSON to the parser)
   assert f'{{"label": "{row.label}", "bbox_2d": [{box}]}}' in text
   stage1 = parse.released_stage1(text.rsplit("assistant\n", 1)[1])           # what the model wrote
+  # the global view is given (0); the crop's <|vision_start|> is the model's request for it (1)
+  starts = np.flatnonzero(plain["input_ids"] == T.special_ids(tok)["vision_start_token_id"])
+  assert plain["loss_mask"][starts].tolist() == [0, 1]
   assert parse.parse_crop_request(stage1, "released") == [float(v) for v in TR.global_box(row, 1536, 1536)]

@@ -179,8 +179,8 @@ def split_grounding(rendered: P.Rendered) -> tuple[list[P.Segment], list[bool]]:
 
 
 def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str], Sequence[int]],
-                   image_pad_id: int, budget: ImageBudget = ImageBudget(), box_weight: int = 1
-                   ) -> dict[str, np.ndarray]:
+                   image_pad_id: int, budget: ImageBudget = ImageBudget(), box_weight: int = 1,
+                   request_token_id: int | None = None) -> dict[str, np.ndarray]:
   """Preprocesses the images and tokenizes the rendering.
 
   Returns:
@@ -208,6 +208,10 @@ def encode_example(rendered: P.Rendered, images: Sequence, encode: Callable[[str
       k += n_img
       ids.extend(i)
       mask.extend([v * box_weight for v in m] if flag else m)
+  if request_token_id is not None:  # the model asks for the crop by writing its <|vision_start|>
+    for t in range(1, len(ids)):
+      if ids[t] == request_token_id and mask[t - 1] > 0:
+        mask[t] = 1
   return {"input_ids": np.asarray(ids, np.int32), "loss_mask": np.asarray(mask, np.int32),
           "pixel_values": (np.concatenate(pvs) if pvs else np.zeros((0, 1176), np.float32)).astype(np.float32),
           "image_grid_thw": np.stack(grids) if grids else np.zeros((0, 3), np.int32)}
@@ -234,6 +238,8 @@ class SftDataset:
     self.protocol = protocol
     self.version = version
     self.box_weight = box_weight
+    self.request_id = (T.token_id(tokenizer, P.VISION_START) if protocol == "released" and version == P.TOY_VERSION
+                       else None)
     self.budget = budget
     self.encode = T.encoder(tokenizer)
     self.image_pad_id = T.token_id(tokenizer, P.IMAGE_PAD)
@@ -247,6 +253,6 @@ class SftDataset:
     view, _ = self.store.global_view(row.image_name)
     ex = encode_example(render(row, img.width, img.height, self.protocol, self.version),
                         trajectory_images(row, img, self.protocol, view), self.encode, self.image_pad_id,
-                        self.budget, self.box_weight)
+                        self.budget, self.box_weight, self.request_id)
     ex["question_id"] = row.question_id
     return ex
