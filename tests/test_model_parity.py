@@ -105,4 +105,6 @@ def test_scanned_equals_unrolled(loaded):
   ids, mask, pixels, grids = _batch(cfg, seed=3)
   a = np.asarray(forward(got_cfg, params, ids, pixels, grids, mask))
   b = np.asarray(forward(other_cfg, other, ids, pixels, grids, mask))
-  np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  # scanned and unrolled stacks are different XLA programs (fusion, op order): float32 rounding, which is
+  # relative to the logits, up to ~1e-5 of their magnitude
+  np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
