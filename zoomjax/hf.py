@@ -316,6 +316,44 @@ def save(out_dir: str | os.PathLike, cfg: ModelConfig, params: Any,
     json.dump(hf_cfg, f, indent=2)
 
 
+# ------------------------------------------------------------------------------------------- run exports
+INFER_DEFAULTS_FILE = "zoomjax_infer.json"   # what a training run's export says the model was trained for
+INFER_DEFAULT_KEYS = ("protocol", "max_turns", "max_new_tokens", "max_total_tokens", "max_pixels")
+
+
+def model_dir(path: str | os.PathLike) -> str:
+  """A model directory: `path` itself, or `path/hf` when `path` is a training RUN_DIR (SPEC §8)."""
+  path = os.fspath(path)
+  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "hf", "config.json")):
+    return os.path.join(path, "hf")
+  return path
+
+
+def inference_defaults(path: str | os.PathLike) -> dict:
+  """The export's `zoomjax_infer.json` (protocol, token budgets, max_pixels), restricted to
+  `INFER_DEFAULT_KEYS`; {} for a directory without one (a plain HF checkpoint)."""
+  f = os.path.join(os.fspath(path), INFER_DEFAULTS_FILE)
+  if not os.path.isfile(f):
+    return {}
+  try:
+    with open(f, encoding="utf-8") as fh:
+      d = json.load(fh)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{f}: unreadable inference defaults ({e}); delete or fix the file") from None
+  return {k: d[k] for k in INFER_DEFAULT_KEYS if isinstance(d, dict) and d.get(k) is not None}
+
+
+def fill_inference_defaults(args: Any, fallbacks: Mapping[str, Any]) -> dict:
+  """Resolves `args.model` (a RUN_DIR -> its hf/) and fills every `fallbacks` key left None on `args`: from the
+  export's `zoomjax_infer.json` first, else the fallback. Returns the defaults the export gave."""
+  args.model = model_dir(args.model)
+  found = inference_defaults(args.model) if os.path.isdir(args.model) else {}
+  for k, v in fallbacks.items():
+    if getattr(args, k, None) is None:
+      setattr(args, k, found.get(k, v))
+  return found
+
+
 # ------------------------------------------------------------------------------------------- tokenizer
 def load_tokenizer(hf_dir: str | os.PathLike, **kwargs):
   """The checkpoint's tokenizer through `transformers.AutoTokenizer`, from local files only."""

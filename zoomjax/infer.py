@@ -35,28 +35,36 @@ from zoomjax import cli
 _COLORS = ((255, 40, 40), (40, 200, 255), (255, 200, 0), (120, 255, 80))
 
 
+INFER_FALLBACKS = {"protocol": "released", "max_new_tokens": 1024, "max_total_tokens": 8192, "max_pixels": 12845056}
+
+
 def build_parser() -> argparse.ArgumentParser:
   from zoomjax.data.images import DEFAULT_MAX_PIXELS
   p = argparse.ArgumentParser(
       prog="python -m zoomjax.infer",
       description="Answer a question about a large image: global view -> crop request -> zoom -> answer.")
-  p.add_argument("--model", required=True, help="HF model directory (config.json, *.safetensors, tokenizer)")
+  p.add_argument("--model", required=True,
+                 help="HF model directory (config.json, *.safetensors, tokenizer) or a training RUN_DIR (its hf/); "
+                      "its zoomjax_infer.json gives the defaults of --protocol, --max-turns, the token budgets "
+                      "and --max-pixels")
   p.add_argument("--image", required=True, help="image file (any size; .tif/.png/.jpg …)")
   p.add_argument("--question", required=True, help="the question")
-  p.add_argument("--protocol", default="released", choices=("released", "multiturn"),
+  p.add_argument("--protocol", default=None, choices=("released", "multiturn"),
                  help="released: ZoomEarth's one-zoom prompt; multiturn: crop_and_zoom tool calls "
-                      "(default: %(default)s)")
+                      "(default: the export's, else released)")
   p.add_argument("--max-turns", type=int, default=None,
                  help="multiturn: most zooms (default 3; the released protocol zooms at most once)")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
   p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: %(default)s)")
   p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, 1 = off (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-  p.add_argument("--max-new-tokens", type=int, default=1024, help="per decoding step (default: %(default)s)")
-  p.add_argument("--max-total-tokens", type=int, default=8192,
-                 help="whole sequence incl. images (default: %(default)s)")
-  p.add_argument("--max-pixels", type=int, default=12845056,
-                 help="processor pixel budget of each model image (default: %(default)s)")
+  p.add_argument("--max-new-tokens", type=int, default=None,
+                 help=f"per decoding step (default: the export's, else {INFER_FALLBACKS['max_new_tokens']})")
+  p.add_argument("--max-total-tokens", type=int, default=None,
+                 help=f"whole sequence incl. images (default: the export's, else {INFER_FALLBACKS['max_total_tokens']})")
+  p.add_argument("--max-pixels", type=int, default=None,
+                 help=f"processor pixel budget of each model image (default: the export's, else "
+                      f"{INFER_FALLBACKS['max_pixels']})")
   p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                  help="refuse input images with more pixels, 0 = no limit (decompression-bomb guard; default: %(default)s); "
                       "a TIFF is read by window, so this bounds each window read instead")
@@ -161,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from zoomjax.rollout.loop import LoopConfig, Request, rollout
   cli.existing_dir(args.model, "--model", "a model directory (config.json, *.safetensors, tokenizer)")
   with cli.about(f"--model {args.model}: cannot load the model"):
+    found = hf.fill_inference_defaults(args, INFER_FALLBACKS)
+    if args.max_turns is None and "max_turns" in found:
+      args.max_turns = found["max_turns"]
     tokenizer = hf.load_tokenizer(args.model)      # first: it is cheap, the weights are not
     cfg, params = hf.load(args.model, dtype=jnp.dtype(args.dtype))
 

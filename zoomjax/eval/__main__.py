@@ -50,10 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--predictions", required=True, help="predictions JSONL to append to")
   r.add_argument("--batch-size", type=int, default=8)
   r.add_argument("--limit", type=int, default=None, help="answer at most this many new questions")
-  r.add_argument("--protocol", default="released", choices=("released", "multiturn"))
-  r.add_argument("--max-turns", type=int, default=1, help="multiturn: zooms allowed (default: %(default)s)")
-  r.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per decoding step")
-  r.add_argument("--max-total-tokens", type=int, default=8192, help="whole-sequence budget (cache size)")
+  r.add_argument("--protocol", default=None, choices=("released", "multiturn"),
+                 help="default: the export's zoomjax_infer.json, else released")
+  r.add_argument("--max-turns", type=int, default=None, help="multiturn: zooms allowed (default: the export's, else 1)")
+  r.add_argument("--max-new-tokens", type=int, default=None,
+                 help="tokens per decoding step (default: the export's, else 1024)")
+  r.add_argument("--max-total-tokens", type=int, default=None,
+                 help="whole-sequence budget, the cache size (default: the export's, else 8192)")
+  r.add_argument("--max-pixels", type=int, default=None,
+                 help="processor pixel budget of each model image (default: the export's, else 12845056)")
   r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
   r.add_argument("--seed", type=int, default=0)
   r.add_argument("--no-progress", action="store_true")
@@ -90,7 +95,12 @@ def _score(args) -> int:
   return 0
 
 
+RUN_FALLBACKS = {"protocol": "released", "max_turns": 1, "max_new_tokens": 1024, "max_total_tokens": 8192,
+                 "max_pixels": 12845056}
+
+
 def _run(args) -> int:
+  from zoomjax import hf
   from zoomjax.eval import run as run_mod
   cli.existing_dir(args.model, "--model", "a model directory (config.json, *.safetensors, tokenizer)")
   cli.existing_dir(args.images, "--images", "the directory the annotations' image names are relative to")
@@ -100,10 +110,11 @@ def _run(args) -> int:
   for p in problems[:20]:
     print(f"skipped annotations {p}", file=sys.stderr)
   with cli.about(f"--model {args.model}"):
+    hf.fill_inference_defaults(args, RUN_FALLBACKS)
     answer_fn = run_mod.model_answer_fn(
         args.model, args.images, protocol=args.protocol, max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens, dtype=args.dtype,
-        seed=args.seed)
+        seed=args.seed, max_pixels=args.max_pixels)
   res = run_mod.run(questions, answer_fn, args.predictions, batch_size=args.batch_size,
                     limit=args.limit, progress=not args.no_progress)
   print(f"answered {res.written - res.failed} new questions, {res.failed} failed -> {args.predictions}",

@@ -162,7 +162,7 @@ def prediction_row(q: Question, traj, cfg) -> dict:
 
 def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", *, max_turns: int = 1,
                     max_new_tokens: int = 1024, max_total_tokens: int = 8192, dtype: str = "float32",
-                    seed: int = 0) -> AnswerFn:
+                    seed: int = 0, max_pixels: int = 12845056) -> AnswerFn:
   """An `answer_fn` that runs the model in `model_dir` (HF layout: config, safetensors, tokenizer)
   through the perception loop (`zoomjax.rollout.loop.rollout`), greedy. A question whose image cannot be
   read gets a `failed_row` instead of stopping the run."""
@@ -183,7 +183,7 @@ def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", 
   tokenizer = hf.load_tokenizer(model_dir)
   gen = Generator(cfg, params)
   loop_cfg = LoopConfig(protocol=protocol, max_turns=max_turns, max_new_tokens=max_new_tokens,
-                        max_total_tokens=max_total_tokens)
+                        max_total_tokens=max_total_tokens, max_pixels=max_pixels)
 
   def one_by_one(questions):
     rows = []

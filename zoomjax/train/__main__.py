@@ -110,6 +110,13 @@ def report(summary: dict) -> None:
                      ("metrics", "metrics (JSONL):"), ("tensorboard", "TensorBoard:")):
     if summary.get(key):
       lines.append(f"{label:<17}{summary[key]}")
+  if summary.get("hf"):
+    root = summary.get("data_root") or "DATA_ROOT"
+    lines.append("use the export:  python3 -m zoomjax.infer --model " + summary["hf"]
+                 + " --image IMAGE --question 'QUESTION' --out zoom.png")
+    lines.append("                 python3 -m zoomjax.eval run --model " + summary["hf"]
+                 + f" --annotations {root}/test.jsonl --images {root}/images --predictions preds.jsonl"
+                 + " --out report.json")
   if last.get("tokens_per_s"):
     lines.append(f"throughput:      {last['tokens_per_s']:.0f} tokens/s, step {last['step_time_s'] * 1e3:.0f} ms"
                  + (f", MFU {last['mfu'] * 100:.1f}% of {summary['peak_flops'] / 1e9:.0f} GFLOP/s "

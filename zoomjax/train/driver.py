@@ -27,7 +27,7 @@ from zoomjax.train import checkpoint, harness
 from zoomjax.train.config import ConfigError, TrainConfig, save_config
 from zoomjax.train.logger import MetricsLogger
 
-INFER_DEFAULTS_FILE = "zoomjax_infer.json"
+INFER_DEFAULTS_FILE = hf.INFER_DEFAULTS_FILE
 
 
 class TrainingFailed(RuntimeError):

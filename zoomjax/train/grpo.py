@@ -345,7 +345,10 @@ def run(cfg: TrainConfig) -> dict:
     return flat
 
   def finish(state, info) -> dict:
-    return {"answers": evaluate(state.params, info["final_step"])} if eval_rows else {}
+    out = {"data_root": root}
+    if eval_rows:
+      out["answers"] = evaluate(state.params, info["final_step"])
+    return out
 
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,
                       eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True, require_tokens=False,

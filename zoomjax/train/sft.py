@@ -100,6 +100,8 @@ def run(cfg: TrainConfig, data: sft_data.Data | None = None) -> dict:
     if eval_fn is not None:
       out["eval"] = eval_fn(state.params, info["final_step"])
     out["answers"] = answers(cfg, data, model_cfg, state.params, os.path.join(run_dir, "answers"))
+    if data.info.get("root"):
+      out["data_root"] = data.info["root"]
     return out
 
   return driver.drive(cfg, setup, source, stage="sft", params_fn=harness.hf_params_fn(setup, cfg.model.hf_dir),
