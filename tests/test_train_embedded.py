@@ -17,8 +17,7 @@ from zoomjax.train.logger import read_jsonl
 def test_embedded_pipeline_small(tmp_path):
   from zoomjax.train.trainer import train
   run = tmp_path / "emb"
-  # 4 images train a weak tokenizer: its trajectories need more than the default 768 tokens
-  cfg = load_config("embedded", [f"run_dir={run}", f"data.root={tmp_path / 'data'}", "data.num_images=4", "data.seq_len=1024",
+  cfg = load_config("embedded", [f"run_dir={run}", f"data.root={tmp_path / 'data'}", "data.num_images=4",
                                  "steps=4", "log.every=1", "log.progress=false", "eval.every=2", "eval.batches=1",
                                  "eval.answers=2", "eval.max_new_tokens=16", "checkpoint.every=2"])
   summary = train(cfg)
