@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _lint(root: str) -> subprocess.CompletedProcess:
   exe = shutil.which("lint-imports") or os.path.join(os.path.dirname(sys.executable), "lint-imports")
-  return subprocess.run([exe, "--config", os.path.join(root, ".importlinter")], cwd=root, capture_output=True,
+  return subprocess.run([exe, os.path.join(root, ".importlinter")], cwd=root, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=root))
 
 
