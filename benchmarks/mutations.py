@@ -58,7 +58,7 @@ T_GRPO = tuple(f"tests/test_grpo.py::{t}" for t in (
     "test_group_advantages_std_and_mean_by_hand", "test_group_advantages_valid_mask_and_zero_variance",
     "test_zero_variance_group_with_float_noise_is_exactly_zero", "test_term_advantages_normalise_each_term",
     "test_policy_loss_clipping_both_signs_and_aggregations", "test_policy_loss_clip_higher_and_k3_kl",
-    "test_masked_tokens_get_exactly_zero_gradient"))
+    "test_masked_tokens_get_exactly_zero_gradient", "test_seq_mean_counts_only_rows_with_a_generated_token"))
 
 MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- rl/rewards.py

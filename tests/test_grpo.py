@@ -122,6 +122,7 @@ def test_masked_tokens_get_exactly_zero_gradient():
   logp, old, mask = _rows()
   logp = logp.copy()
   logp[0, 0] = -1e30                         # junk where the mask is 0 must not leak (no inf, no NaN)
+  logp[1, 3] = np.nan
   a = np.array([0.7, -1.3], np.float32)
   ref = np.full_like(logp, -2.0)
   for agg in grpo.AGGREGATIONS:
@@ -129,6 +130,17 @@ def test_masked_tokens_get_exactly_zero_gradient():
     g = np.asarray(g)
     assert np.all(g[mask == 0] == 0.0) and np.all(np.isfinite(g))
     assert np.all(g[mask == 1] != 0.0)
+    assert np.isfinite(float(grpo.policy_loss(logp, old, ref, a, mask, beta=0.1, aggregation=agg)[0]))
+
+
+def test_seq_mean_counts_only_rows_with_a_generated_token():
+  logp, old, mask = _rows()
+  logp3, old3 = np.concatenate([logp, logp[:1]]), np.concatenate([old, old[:1]])
+  mask3 = np.concatenate([mask, np.zeros((1, 4), np.float32)])       # a row that generated nothing
+  a = np.array([1.0, 1.0, 5.0], np.float32)
+  s2, d2, _ = grpo.policy_loss(logp, old, None, a[:2], mask, beta=0.0)
+  s3, d3, _ = grpo.policy_loss(logp3, old3, None, a, mask3, beta=0.0)
+  assert float(d2) == float(d3) == 2.0 and float(s3) == pytest.approx(float(s2))
 
 
 # ------------------------------------------------------------------------------------------ real trajectories
