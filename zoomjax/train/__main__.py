@@ -102,7 +102,7 @@ def report(summary: dict) -> None:
   if ev:
     lines.append(f"held-out:        loss {ev['loss']:.4f}, token accuracy {ev['token_accuracy']:.3f} "
                  f"({int(ev['tokens'])} target tokens)")
-  if "answers" in summary:
+  if summary.get("answers"):
     a = summary["answers"]
     lines.append(f"answers:         accuracy {a.get('accuracy', float('nan')):.3f} on {a.get('n')} questions "
                  f"({a.get('path', '')})")

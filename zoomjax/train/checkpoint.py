@@ -56,7 +56,11 @@ class Checkpointer:
     self.directory = _abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True, cleanup_tmp_directories=True)
-    self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+    # Handlers named up front so `item_metadata` can read a step's stored shapes before any array is read
+    # (a foreign model's checkpoint is refused from its metadata, with no restore started).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     """The newest finalized step (temporary / partial directories are not steps)."""
