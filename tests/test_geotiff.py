@@ -21,17 +21,12 @@ from PIL import Image, JpegImagePlugin
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import from_origin
 
-import jax
-
-from zoomjax import hf
 from zoomjax.data import images as I
 from zoomjax.data import scene as S
-from zoomjax.data.tokenizer import padded_vocab_size, save_tokenizer, special_ids, train_tokenizer
 from zoomjax.infer import main as infer_main
-from zoomjax.model import ModelConfig, init_params
-from zoomjax.protocol import templates as P
 from zoomjax.rollout.loop import LoopConfig, Request, _scene
 from zoomjax.rollout.tools import CropAndZoom, SceneImage, Tool, ToolRegistry, default_registry
+from test_infer import model_dir  # noqa: F401  (the tiny HF model fixture, shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSFORM = from_origin(500000.0, 4100000.0, 0.5, 0.25)   # UTM 33N, 0.5 m x 0.25 m pixels
@@ -295,14 +290,6 @@ def test_memory_is_bounded_by_view_and_window(tmp_path):
   assert got["peak"] - got["base"] < full / 3, got
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tiny_model")
-  tok = train_tokenizer([P.render_prompt("What is it?", p).text for p in P.PROTOCOLS] * 4, vocab_size=600)
-  save_tokenizer(tok, d)
-  cfg = ModelConfig.tiny(vocab_size=padded_vocab_size(tok), **special_ids(tok))
-  hf.save(d, cfg, init_params(cfg, jax.random.key(0)))
-  return str(d)
 
 
 def test_infer_json_reports_map_coordinates(model_dir, tmp_path, capsys):
