@@ -197,3 +197,49 @@ def test_group_rollouts_share_the_prompt_and_sample_as_without_sharing(world, tm
     rollout(gen, tok, reqs[:3], conf, group_size=2)
   with pytest.raises(ValueError, match="differs"):
     rollout(gen, tok, reqs[1:5], conf, group_size=2)
+
+
+def _forcing_all(world, expected):
+  """Like `_forcing`, but every position emits the rendered token (also the first one the loop appends):
+  a model that writes `<|vision_start|>` itself where the crop image begins."""
+  tok, cfg, _ = world
+  width = max(len(ids) for ids, _ in expected) + 1
+  table = np.full((bucket(len(expected), 1), width), tok.token_to_id(P.IM_END), np.int32)
+  for b, (ids, _) in enumerate(expected):
+    table[b, :len(ids)] = ids
+  table = jnp.asarray(table)
+
+  def proc(logits, lengths):
+    tgt = table[jnp.arange(logits.shape[0]), jnp.clip(lengths, 0, width - 1)]
+    return jnp.where(jnp.arange(logits.shape[-1])[None] == tgt[:, None], 1e4, -1e4)
+  return proc
+
+
+@pytest.mark.parametrize("zoom", [True, False])
+def test_toy_version_stage1_ends_at_vision_start_and_zoom_off_shows_the_view(world, zoom):
+  """`released-toy-v1`: stage 1 ends when the model writes `<|vision_start|>` after a box (the toy
+  trajectories train that token), the token is rolled back and the crop appended, so the rollout equals the
+  toy rendering; `zoom=False` answers the same request with the global view again (SPEC §8 ablation)."""
+  tok, cfg, gen = world
+  orig = coord_image(2048, 1024)
+  view = orig.resize((512, 256), Image.BICUBIC)
+  crop = orig.crop((164, 0, 676, 512))
+  q = "Is the target visible?"
+  stage1 = "A grid of colours. " + P.released_bbox_json(BOX, "target", version=P.TOY_VERSION)
+  traj = P.render_released_trajectory(q, stage1, "Visible.", "yes", version=P.TOY_VERSION)
+  expected = [_expected(world, traj, [view, crop if zoom else view])]
+  cfg_loop = LoopConfig(protocol="released", version=P.TOY_VERSION, zoom=zoom, max_new_tokens=200,
+                        max_total_tokens=2048, **SMALL)
+  (a,) = rollout(gen, tok, [Request(orig, q)], cfg_loop, logits_processor=_forcing_all(world, expected))
+  _check(a, *expected[0], tok.token_to_id(P.IMAGE_PAD))
+  assert a.stop_reason == "answer" and a.answer == "yes" and a.boxes_global == [BOX]
+  assert a.windows == [[164, 0, 676, 512]]
+  want = preprocess_image(crop if zoom else view, **SMALL)[0]
+  np.testing.assert_allclose(np.asarray(a.images[1].pixel_values), np.asarray(want), atol=1e-6)
+
+
+def test_loop_config_refuses_an_unknown_version():
+  with pytest.raises(ValueError, match="released-toy-v1"):
+    LoopConfig(protocol="released", version="released-v9")
+  with pytest.raises(ValueError, match="multiturn"):
+    LoopConfig(protocol="multiturn", version=P.TOY_VERSION)

@@ -318,7 +318,7 @@ def save(out_dir: str | os.PathLike, cfg: ModelConfig, params: Any,
 
 # ------------------------------------------------------------------------------------------- run exports
 INFER_DEFAULTS_FILE = "zoomjax_infer.json"   # what a training run's export says the model was trained for
-INFER_DEFAULT_KEYS = ("protocol", "max_turns", "max_new_tokens", "max_total_tokens", "max_pixels")
+INFER_DEFAULT_KEYS = ("protocol", "version", "max_turns", "max_new_tokens", "max_total_tokens", "max_pixels")
 
 
 def model_dir(path: str | os.PathLike) -> str:
@@ -348,6 +348,8 @@ def fill_inference_defaults(args: Any, fallbacks: Mapping[str, Any]) -> dict:
   export's `zoomjax_infer.json` first, else the fallback. Returns the defaults the export gave."""
   args.model = model_dir(args.model)
   found = inference_defaults(args.model) if os.path.isdir(args.model) else {}
+  if getattr(args, "protocol", None) not in (None, found.get("protocol")):
+    found.pop("version", None)   # the export's template version belongs to the export's protocol
   for k, v in fallbacks.items():
     if getattr(args, k, None) is None:
       setattr(args, k, found.get(k, v))

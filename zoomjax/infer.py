@@ -35,7 +35,7 @@ from zoomjax import cli
 _COLORS = ((255, 40, 40), (40, 200, 255), (255, 200, 0), (120, 255, 80))
 
 
-INFER_FALLBACKS = {"protocol": "released", "max_new_tokens": 1024, "max_total_tokens": 8192, "max_pixels": 12845056}
+INFER_FALLBACKS = {"protocol": "released", "version": None, "max_new_tokens": 1024, "max_total_tokens": 8192, "max_pixels": 12845056}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--protocol", default=None, choices=("released", "multiturn"),
                  help="released: ZoomEarth's one-zoom prompt; multiturn: crop_and_zoom tool calls "
                       "(default: the export's, else released)")
+  p.add_argument("--protocol-version", dest="version", default=None,
+                 help="the protocol's template version, e.g. released-toy-v1 (default: the export's, else the "
+                      "protocol's first)")
   p.add_argument("--max-turns", type=int, default=None,
                  help="multiturn: most zooms (default 3; the released protocol zooms at most once)")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
@@ -176,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, params = hf.load(args.model, dtype=jnp.dtype(args.dtype))
 
   max_turns = args.max_turns if args.max_turns is not None else (1 if args.protocol == "released" else 3)
-  loop_cfg = LoopConfig(protocol=args.protocol, max_turns=max_turns, max_new_tokens=args.max_new_tokens,
-                        max_total_tokens=args.max_total_tokens, sampling=sampling, max_pixels=args.max_pixels,
-                        max_image_pixels=args.max_image_pixels)
   try:
+    loop_cfg = LoopConfig(protocol=args.protocol, version=args.version, max_turns=max_turns,
+                          max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens,
+                          sampling=sampling, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels)
     (traj,) = rollout(Generator(cfg, params), tokenizer, [Request(scene, args.question)], loop_cfg,
                       seed=args.seed)
   except ValueError as e:  # e.g. the prompt alone exceeds --max-total-tokens

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--limit", type=int, default=None, help="answer at most this many new questions")
   r.add_argument("--protocol", default=None, choices=("released", "multiturn"),
                  help="default: the export's zoomjax_infer.json, else released")
+  r.add_argument("--protocol-version", dest="version", default=None,
+                 help="the protocol's template version, e.g. released-toy-v1 (default: the export's, else the "
+                      "protocol's first)")
+  r.add_argument("--zoom", default="on", choices=("on", "off"),
+                 help="off: the ablation; every crop request is answered with the global view again")
   r.add_argument("--max-turns", type=int, default=None, help="multiturn: zooms allowed (default: the export's, else 1)")
   r.add_argument("--max-new-tokens", type=int, default=None,
                  help="tokens per decoding step (default: the export's, else 1024)")
@@ -95,7 +100,7 @@ def _score(args) -> int:
   return 0
 
 
-RUN_FALLBACKS = {"protocol": "released", "max_turns": 1, "max_new_tokens": 1024, "max_total_tokens": 8192,
+RUN_FALLBACKS = {"protocol": "released", "version": None, "max_turns": 1, "max_new_tokens": 1024, "max_total_tokens": 8192,
                  "max_pixels": 12845056}
 
 
@@ -112,7 +117,8 @@ def _run(args) -> int:
   with cli.about(f"--model {args.model}"):
     hf.fill_inference_defaults(args, RUN_FALLBACKS)
     answer_fn = run_mod.model_answer_fn(
-        args.model, args.images, protocol=args.protocol, max_turns=args.max_turns,
+        args.model, args.images, protocol=args.protocol, version=args.version, zoom=args.zoom == "on",
+        max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens, max_total_tokens=args.max_total_tokens, dtype=args.dtype,
         seed=args.seed, max_pixels=args.max_pixels)
   res = run_mod.run(questions, answer_fn, args.predictions, batch_size=args.batch_size,

@@ -160,7 +160,8 @@ def prediction_row(q: Question, traj, cfg) -> dict:
           "text": traj.generated_text}
 
 
-def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", *, max_turns: int = 1,
+def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", *, version: str | None = None,
+                    zoom: bool = True, max_turns: int = 1,
                     max_new_tokens: int = 1024, max_total_tokens: int = 8192, dtype: str = "float32",
                     seed: int = 0, max_pixels: int = 12845056) -> AnswerFn:
   """An `answer_fn` that runs the model in `model_dir` (HF layout: config, safetensors, tokenizer)
@@ -182,8 +183,8 @@ def model_answer_fn(model_dir: str, image_dir: str, protocol: str = "released", 
   cfg, params = hf.load(model_dir, dtype=jnp.dtype(dtype))
   tokenizer = hf.load_tokenizer(model_dir)
   gen = Generator(cfg, params)
-  loop_cfg = LoopConfig(protocol=protocol, max_turns=max_turns, max_new_tokens=max_new_tokens,
-                        max_total_tokens=max_total_tokens, max_pixels=max_pixels)
+  loop_cfg = LoopConfig(protocol=protocol, version=version, zoom=zoom, max_turns=max_turns,
+                        max_new_tokens=max_new_tokens, max_total_tokens=max_total_tokens, max_pixels=max_pixels)
 
   def one_by_one(questions):
     rows = []

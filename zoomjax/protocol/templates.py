@@ -252,7 +252,9 @@ def _merge(segments: Iterable[Segment]) -> tuple[Segment, ...]:
   return tuple(out)
 
 
-def _check_protocol(protocol: str, version: str | None) -> str:
+def resolve_version(protocol: str, version: str | None) -> str:
+  """The template version `version` names for `protocol` (None: the protocol's default); ProtocolError
+  for an unknown protocol or version."""
   if protocol not in VERSIONS:
     raise ProtocolError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
   version = version or VERSIONS[protocol][0]
@@ -301,7 +303,7 @@ def render_prompt(question: str, protocol: str = "released", *,
     max_turns: multiturn only: the zoom budget stated in the instruction (default `DEFAULT_MAX_TURNS`).
     version: template version (default: the protocol's first, `released-v1` / `multiturn-v1`).
   """
-  version = _check_protocol(protocol, version)
+  version = resolve_version(protocol, version)
   question = _text(question, "question")
   if IMAGE_PLACEHOLDER in question:
     raise ProtocolError("the question must not contain an image placeholder")

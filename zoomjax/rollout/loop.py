@@ -64,6 +64,10 @@ class LoopConfig:
 
   Attributes:
     protocol: "released" or "multiturn".
+    version: the protocol's template version (None: its default; `protocol.templates.VERSIONS`). With
+      `released-toy-v1`, stage 1 may also end by writing `<|vision_start|>` (the model asks for the crop).
+    zoom: False is the zoom-off ablation (SPEC §8): every crop request is answered with the global view
+      again, at the same image budget, so only the zoomed pixels differ.
     max_turns: multiturn: tool calls allowed (the released protocol zooms at most once).
     max_new_tokens: tokens one decoding step (stage / turn) may generate.
     max_total_tokens: whole-sequence budget (prompt, images, tool text and generation): the cache size.
@@ -76,6 +80,8 @@ class LoopConfig:
   """
 
   protocol: str = "released"
+  version: str | None = None
+  zoom: bool = True
   max_turns: int = 1
   max_new_tokens: int = 1024
   max_total_tokens: int = 8192
@@ -91,6 +97,7 @@ class LoopConfig:
   def __post_init__(self):
     if self.protocol not in P.PROTOCOLS:
       raise ValueError(f"protocol must be one of {P.PROTOCOLS}, got {self.protocol!r}")
+    P.resolve_version(self.protocol, self.version)
     if self.max_turns < 0 or self.max_new_tokens <= 0 or self.max_total_tokens <= 0 or self.batch_size <= 0:
       raise ValueError(f"max_turns >= 0, max_new_tokens > 0, max_total_tokens > 0 and batch_size > 0 required, "
                        f"got {self.max_turns}, {self.max_new_tokens}, {self.max_total_tokens}, {self.batch_size}")
@@ -234,6 +241,8 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
   codec = TextCodec(tokenizer)
   pad_id = codec.token_id(P.IMAGE_PAD)
   stop_ids = tuple(codec.token_id(t) for t in P.END_OF_TURN_TOKENS)
+  if cfg.protocol == "released" and P.resolve_version(cfg.protocol, cfg.version) == P.TOY_VERSION:
+    stop_ids += (codec.token_id(P.VISION_START),)   # stage 1 may end by asking for the crop
   im_end = codec.token_id(P.IM_END)
   rows = []
   for i, r in enumerate(requests):   # a group's rows share one scene (decoded once)
@@ -254,7 +263,8 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
       continue
     view = _model_image(r.scene.view, cfg)
     tools = registry.schemas() if cfg.protocol == "multiturn" else None
-    prompt = P.render_prompt(r.req.question, cfg.protocol, tools=tools, max_turns=cfg.max_turns)
+    prompt = P.render_prompt(r.req.question, cfg.protocol, tools=tools, max_turns=cfg.max_turns,
+                             version=cfg.version)
     ids, mask = encode(prompt.segments, [view])
     if len(ids) + 1 > cfg.max_total_tokens:
       raise ValueError(f"the prompt takes {len(ids)} tokens, more than max_total_tokens={cfg.max_total_tokens}")
@@ -339,7 +349,7 @@ def _released_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegistr
   if not res.ok or res.image is None:
     r.finish("no_answer")
     return None
-  crop_in = _model_image(res.image, cfg)
+  crop_in = _model_image(res.image if cfg.zoom else r.scene.view, cfg)
   ids, mask = encode(P.released_crop_segments(), [crop_in])
   if not _fits(sess, b, ids):
     r.finish("budget")
@@ -391,7 +401,8 @@ def _multiturn_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegist
   parts: list = []
   images: list[ImageInput] = []
   if res.image is not None:
-    img_in = _model_image(res.image, cfg)
+    ablated = call is not None and call.name == parse.CROP_TOOL and not cfg.zoom
+    img_in = _model_image(r.scene.view if ablated else res.image, cfg)
     parts.append(P.IMAGE)
     images.append(img_in)
   if res.text:

@@ -322,8 +322,9 @@ def run(cfg: TrainConfig) -> dict:
                                              else LoopConfig().max_pixels)
   per_image = min(max_pixels, VIEW_SIDE * VIEW_SIDE) // PATCH_PIXELS
   max_patches = cfg.data.max_patches or -(-per_image * (gc.max_turns + 1) // 4) * 4
-  loop_cfg = LoopConfig(protocol=cfg.data.protocol, max_turns=gc.max_turns, max_new_tokens=gc.max_new_tokens,
-                        max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
+  version = cfg.data.protocol_version or None
+  loop_cfg = LoopConfig(protocol=cfg.data.protocol, version=version, max_turns=gc.max_turns,
+                        max_new_tokens=gc.max_new_tokens, max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
                         sampling=Sampling(temperature=gc.temperature, top_p=gc.top_p),
                         batch_size=cfg.data.batch_size)
   ref_params = None  # the frozen initial policy (a second copy of the starting params)
@@ -331,8 +332,9 @@ def run(cfg: TrainConfig) -> dict:
     ref_params = params_fn() if params_fn is not None else harness.init_train_state(setup).params
   src = GrpoSource(cfg, setup, tokenizer, rows, source, image_dir, loop_cfg, ref_params, max_patches)
   eval_rows = _eval_rows(cfg, root)
-  eval_loop = LoopConfig(protocol=cfg.data.protocol, max_turns=gc.max_turns, max_new_tokens=gc.max_new_tokens,
-                         max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels, batch_size=cfg.eval.answer_batch)
+  eval_loop = LoopConfig(protocol=cfg.data.protocol, version=version, max_turns=gc.max_turns,
+                         max_new_tokens=gc.max_new_tokens, max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
+                         batch_size=cfg.eval.answer_batch)
 
   def evaluate(params, step) -> dict:
     if not eval_rows or jax.process_index() != 0:

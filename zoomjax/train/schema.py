@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from zoomjax.protocol.templates import VERSIONS
+
 
 class ConfigError(ValueError):
   """A run-configuration key or value is invalid; the message names the dotted key."""
@@ -63,6 +65,11 @@ class DataSection:
     tokenizer: an HF tokenizer dir, or `train` to train the in-process tokenizer on Toy Earth text
       (cached in `root/tokenizer`).
     protocol: trajectory format, `released` (ZoomEarth's) or `multiturn` (tool calls).
+    protocol_version: the protocol's template version (`protocol.templates.VERSIONS`; empty = its
+      default, e.g. `released-v1`, the exact released prompt). `released-toy-v1` is the short toy prompt
+      with the crop request as a target; it flows to SFT, GRPO rollouts, evaluation and the export.
+    box_loss_weight: SFT loss weight of the grounding tokens (box numbers and position words) against
+      the other generated tokens' 1.
     image_max_pixels: pixel budget of every image (0 = the kind's default: Toy Earth's view budget, or
       the processor's default for LRS-GRO, whose views are at most 512 px a side anyway).
     cache_mb: memory for built examples (pixels included), so later epochs skip image decoding.
@@ -84,6 +91,8 @@ class DataSection:
   image_dir: str | None = None
   tokenizer: str = "train"
   protocol: str = "released"
+  protocol_version: str = ""
+  box_loss_weight: int = 1
   image_max_pixels: int = 0
   eval_fraction: float = 0.125
   cache_mb: int = 2048
@@ -99,6 +108,9 @@ class DataSection:
   def validate(self, key: str) -> None:
     _one_of(f"{key}.kind", self.kind, ("toy_earth", "lrs_gro", "synthetic"))
     _one_of(f"{key}.protocol", self.protocol, ("released", "multiturn"))
+    if self.protocol_version:
+      _one_of(f"{key}.protocol_version", self.protocol_version, VERSIONS[self.protocol])
+    _positive(f"{key}.box_loss_weight", self.box_loss_weight)
     _non_negative(f"{key}.image_max_pixels", self.image_max_pixels)
     _in_range(f"{key}.eval_fraction", self.eval_fraction, 0.0, 0.9)
     _non_negative(f"{key}.cache_mb", self.cache_mb)

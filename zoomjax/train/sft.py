@@ -63,7 +63,8 @@ def held_out_rows(cfg: TrainConfig, data: sft_data.Data) -> list[dict]:
 def loop_config(cfg: TrainConfig, data: sft_data.Data) -> LoopConfig:
   """The perception-loop settings the model was trained for (also written to the HF export)."""
   max_pixels = data.info.get("image_max_pixels") or LoopConfig().max_pixels
-  return LoopConfig(protocol=cfg.data.protocol, max_new_tokens=cfg.eval.max_new_tokens,
+  return LoopConfig(protocol=cfg.data.protocol, version=cfg.data.protocol_version or None,
+                    max_new_tokens=cfg.eval.max_new_tokens,
                     max_total_tokens=cfg.data.seq_len + 2 * cfg.eval.max_new_tokens, max_pixels=max_pixels)
 
 

@@ -159,7 +159,9 @@ def build_files(cfg: TrainConfig) -> Data:
     train_rows, eval_rows = split_by_image(list(source), dc.eval_fraction)
   max_pixels = dc.image_max_pixels or default_pixels
   budget = ImageBudget(max_pixels=max_pixels)
-  mk = lambda rows, share: Memo(SftDataset(rows, tok, dc.protocol, budget, store=source.store),  # noqa: E731
+  mk = lambda rows, share: Memo(SftDataset(rows, tok, dc.protocol, budget, store=source.store,
+                                                           version=dc.protocol_version or None,
+                                                           box_weight=dc.box_loss_weight),  # noqa: E731
                                 int(dc.cache_mb * share) << 20)
   per_image = min(max_pixels, VIEW_SIDE * VIEW_SIDE) // PATCH_PIXELS
   max_images = dc.max_images or 2
