@@ -14,7 +14,7 @@ TIMING = ("time_rollout_s", "time_logprob_s", "step_time_s", "tokens_per_s", "mf
 
 
 def _cfg(tmp_path, run, steps, **extra):
-  over = [f"run_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}", "data.num_images=4", "data.seq_len=1024",
+  over = ["then=null", f"run_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}", "data.num_images=4", "data.seq_len=1024",
           "algo=grpo", f"steps={steps}", "data.batch_size=8", "grpo.group_size=4", "grpo.max_new_tokens=24",
           "grpo.beta=0.04", "optim.schedule=constant", "optim.warmup_steps=0", "log.every=1", "log.progress=false",
           "checkpoint.every=1", "checkpoint.async_save=false", "eval.every=0", "eval.answers=2",

@@ -11,7 +11,8 @@ import jax
 
 from zoomjax import hf
 from zoomjax.data.tokenizer import padded_vocab_size, save_tokenizer, special_ids, train_tokenizer
-from zoomjax.infer import main, render_result
+from zoomjax.eval.figures import render_result
+from zoomjax.infer import main
 from zoomjax.model import ModelConfig, init_params
 from zoomjax.protocol import templates as P
 

@@ -243,3 +243,22 @@ def test_loop_config_refuses_an_unknown_version():
     LoopConfig(protocol="released", version="released-v9")
   with pytest.raises(ValueError, match="multiturn"):
     LoopConfig(protocol="multiturn", version=P.TOY_VERSION)
+
+
+def test_sampled_text_never_holds_image_tokens(world):
+  """A model that wants to write `<|image_pad|>` (forced logits) cannot: image tokens come only with
+  images, so every trajectory's pads match its images (a GRPO batch once failed on 129 pads for 128)."""
+  tok, cfg, gen = world
+  pad, vend = tok.token_to_id(P.IMAGE_PAD), tok.token_to_id(P.VISION_END)
+
+  def want_pads(logits, lengths):
+    v = jnp.arange(logits.shape[-1])[None]
+    return jnp.where((v == pad) | (v == vend), 1e4, 0.0) + logits
+  out = rollout(gen, tok, [Request(coord_image(256, 128), "Is the target visible?")],
+                LoopConfig(protocol="released", max_new_tokens=12, max_total_tokens=1024,
+                           sampling=Sampling(temperature=1.0), **SMALL), logits_processor=want_pads)
+  (t,) = out
+  gen_ids = t.token_ids[t.loss_mask == 1]
+  assert len(gen_ids) == 12 and not np.isin(gen_ids, [pad, vend]).any()
+  pv, grid = t.vision_inputs()
+  assert int((t.token_ids == pad).sum()) == int(grid.prod(-1).sum()) // 4

@@ -28,11 +28,10 @@ import os
 import sys
 from typing import Sequence
 
-from PIL import Image, ImageDraw
 
 from zoomjax import cli
+from zoomjax.eval.figures import render_result
 
-_COLORS = ((255, 40, 40), (40, 200, 255), (255, 200, 0), (120, 255, 80))
 
 
 INFER_FALLBACKS = {"protocol": "released", "version": None, "max_new_tokens": 1024, "max_total_tokens": 8192, "max_pixels": 12845056}
@@ -85,35 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tools-out", default=".", help="folder for the --tools PNGs (default: %(default)s)")
   cli.add_debug(p)
   return p
-
-
-def render_result(view: Image.Image, boxes_global: Sequence[Sequence[float]], crops: Sequence[Image.Image],
-                  answer: str | None = None) -> Image.Image:
-  """The global view with each requested box drawn, the crops to its right (same height band)."""
-  view = view.convert("RGB")
-  pad = 8
-  crops = [c.convert("RGB") for c in crops]
-  h = max([view.height] + [c.height for c in crops])
-  w = view.width + sum(c.width + pad for c in crops)
-  canvas = Image.new("RGB", (w, h + 24), (255, 255, 255))
-  canvas.paste(view, (0, 0))
-  draw = ImageDraw.Draw(canvas)
-  lw = max(2, round(max(view.size) / 256))
-  for i, box in enumerate(boxes_global):
-    if box is None:
-      continue
-    x1, y1, x2, y2 = (float(v) for v in box)
-    draw.rectangle([x1, y1, x2, y2], outline=_COLORS[i % len(_COLORS)], width=lw)
-  x = view.width + pad
-  for i, c in enumerate(crops):
-    canvas.paste(c, (x, 0))
-    draw.rectangle([x, 0, x + c.width - 1, c.height - 1], outline=_COLORS[i % len(_COLORS)], width=lw)
-    x += c.width + pad
-  text = f"answer: {answer}" if answer is not None else "no answer"
-  if not crops:
-    text += "   (no crop requested)"
-  draw.text((4, h + 6), text, fill=(0, 0, 0))
-  return canvas
 
 
 def _check_args(args) -> None:

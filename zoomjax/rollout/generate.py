@@ -207,11 +207,12 @@ class DecodeState:
   hit_stop: jax.Array   # bool[B]: row stopped at a stop token
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "stop_ids", "n_max", "processor"),
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "stop_ids", "n_max", "processor", "banned"),
                    donate_argnames=("cache", "logits"))
 def _decode_loop(params, cache, logits, limit, key, *, cfg: ModelConfig, sampling: Sampling,
-                 stop_ids: tuple[int, ...], n_max: int, processor: Callable | None):
-  """Up to `n_max` decode steps. Returns (tokens int32[B, n_max], logprobs float32[B, n_max],
+                 stop_ids: tuple[int, ...], n_max: int, processor: Callable | None, banned: tuple[int, ...] = ()):
+  """Up to `n_max` decode steps; `banned` token ids are never sampled (their logit is -inf; the returned
+  log-probs are still the model's own). Returns (tokens int32[B, n_max], logprobs float32[B, n_max],
   n_gen int32[B], hit_stop bool[B], cache, logits)."""
   b = logits.shape[0]
   stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
@@ -223,6 +224,8 @@ def _decode_loop(params, cache, logits, limit, key, *, cfg: ModelConfig, samplin
   def body(s: DecodeState) -> DecodeState:
     live = ~s.done
     x = s.logits if processor is None else processor(s.logits, s.cache["length"])
+    if banned:
+      x = x.at[:, jnp.asarray(banned, jnp.int32)].set(-jnp.inf)
     tok = sample_tokens(x, jax.random.fold_in(key, s.step), sampling)
     lp = jnp.take_along_axis(jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1), tok[:, None], axis=1)[:, 0]
     tok = jnp.where(live, tok, pad)
@@ -477,8 +480,9 @@ class Session:
   def generate(self, max_new_tokens: int | Sequence[int], sampling: Sampling = GREEDY, *,
                stop_token_ids: Sequence[int] = (), rows: Sequence[int] | None = None,
                stop_fn: Callable[[int, list[int]], int | None] | None = None, chunk: int = 64,
-               logits_processor: Callable | None = None) -> list[Generation]:
-    """Samples up to `max_new_tokens` (an int or one per row) for the rows in `rows` (default all).
+               logits_processor: Callable | None = None, banned_token_ids: Sequence[int] = ()) -> list[Generation]:
+    """Samples up to `max_new_tokens` (an int or one per row) for the rows in `rows` (default all);
+    `banned_token_ids` are never sampled (e.g. image placeholders, which only the loop may insert).
 
     Each row stops at a stop token, at its budget, or when the cache is full (`room`). With `stop_fn`,
     decoding runs in chunks of `chunk` steps and after each chunk `stop_fn(row, generated_so_far)` may
@@ -505,7 +509,7 @@ class Session:
         toks, lps, n_gen, hit, self._cache, self._logits = _decode_loop(
             self.gen.run_params, self._cache, self._logits, jnp.asarray(np.minimum(left, n_max), jnp.int32), key,
             cfg=self.gen.run_cfg, sampling=sampling, stop_ids=tuple(int(t) for t in stop_token_ids), n_max=n_max,
-            processor=logits_processor)
+            processor=logits_processor, banned=tuple(sorted(int(t) for t in banned_token_ids)))
       toks, lps, n_gen, hit = (np.asarray(a) for a in (toks, lps, n_gen, hit))
       for b in sorted(live):
         n = int(n_gen[b])

@@ -26,6 +26,8 @@ Per request (rows run batched, in lock step, in one `Session`):
    one `long_side`-square image and 256 tool-text tokens per zoom), capped at `max_total_tokens`, so
    decoding does not attend over slots no trajectory can reach. (A downstream tool returning an image
    larger than `long_side` may therefore stop a trajectory early with "budget".)
+   The model never samples `<|image_pad|>` or `<|vision_end|>` (their logits are masked): image tokens
+   come only with images, so a sampled trajectory always matches its images (its log-probs stay the model's).
 5. Requests run in batches of `batch_size` rows (one session each; batch i samples with seed `seed + i`).
    `rollout(..., group_size=G)` (GRPO): requests hold each prompt G times in a row; batches hold whole
    groups, and each group's image, prompt encoding, vision tower and prefill are computed once and its KV
@@ -244,6 +246,7 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
   if cfg.protocol == "released" and P.resolve_version(cfg.protocol, cfg.version) == P.TOY_VERSION:
     stop_ids += (codec.token_id(P.VISION_START),)   # stage 1 may end by asking for the crop
   im_end = codec.token_id(P.IM_END)
+  banned = (pad_id, codec.token_id(P.VISION_END))  # image tokens the model may not write: only images do
   rows = []
   for i, r in enumerate(requests):   # a group's rows share one scene (decoded once)
     rows.append(_Row(r, rows[i - i % group].scene if i % group else _scene(r, cfg)))
@@ -297,7 +300,7 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
       stop_fn = lambda b, toks: stage1_cut(b, toks) if rows[b].stage == 1 else None  # noqa: E731
     budgets = [cfg.max_new_tokens] * len(rows)
     gens = sess.generate(budgets, cfg.sampling, stop_token_ids=stop_ids, rows=live, stop_fn=stop_fn,
-                         chunk=cfg.cut_chunk, logits_processor=logits_processor)
+                         chunk=cfg.cut_chunk, logits_processor=logits_processor, banned_token_ids=banned)
     new_tok = [[] for _ in rows]
     new_img = [[] for _ in rows]
     for b in live:

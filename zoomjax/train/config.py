@@ -164,7 +164,25 @@ def load_config(path: str | None = None, overrides: Sequence[str] = (),
     raise _config_error(e) from None
   _check_finite(cfg)
   cfg.validate()
+  next_stage(cfg)  # a bad key in `then` fails now, not after the first stage has trained
   return cfg
+
+
+def next_stage(cfg: TrainConfig) -> TrainConfig | None:
+  """The stage `cfg.then` describes (see `TrainConfig.then`), validated; None when there is none."""
+  if not cfg.then:
+    return None
+  over = OmegaConf.create(dict(cfg.then))
+  algo = over.get("algo", cfg.algo)
+  defaults = {"checkpoint": {"dir": f"{{run_dir}}/checkpoints_{algo}"}}
+  if algo == "grpo":
+    defaults["grpo"] = {"init_from": cfg.run_dir}
+  here = {k: v for k, v in to_dict(cfg).items() if k != "then"}
+  try:
+    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(here), defaults, over))
+    return load_config(None, (), base=merged)
+  except ConfigError as e:
+    raise ConfigError(f"then.{e}") from None
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:

@@ -20,9 +20,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from zoomjax import hf
 from zoomjax.data import tokenizer as T
+from zoomjax.eval import answers
 from zoomjax.train import checkpoint, harness
 from zoomjax.train.config import ConfigError, TrainConfig, save_config
 from zoomjax.train.logger import MetricsLogger
@@ -35,17 +37,30 @@ class TrainingFailed(RuntimeError):
 
 
 def open_run(cfg: TrainConfig) -> str:
-  """Starts `jax.distributed` when asked, creates the run dir and saves the resolved config in it."""
+  """Starts `jax.distributed` when asked, creates the run dir and saves the resolved config in it:
+  `config.yaml`, or `config_<algo>.yaml` when `config.yaml` holds an earlier stage of a chain (another
+  `algo`), so the first stage's config (with its `then:`) is what reruns the whole chain."""
   harness.maybe_initialize_distributed(cfg.distributed)
   run_dir = os.path.abspath(cfg.run_dir)
   try:
     os.makedirs(run_dir, exist_ok=True)
     if jax.process_index() == 0:
-      save_config(cfg, os.path.join(run_dir, "config.yaml"))
+      path = os.path.join(run_dir, "config.yaml")
+      if _saved_algo(path) not in (None, cfg.algo):
+        path = os.path.join(run_dir, f"config_{cfg.algo}.yaml")
+      save_config(cfg, path)
   except OSError as e:
     raise ConfigError(f"run_dir: cannot write to {run_dir!r} ({e.strerror or e}); choose a writable "
                       f"run_dir=...") from None
   return run_dir
+
+
+def _saved_algo(path: str) -> str | None:
+  try:
+    with open(path) as fh:
+      return (yaml.safe_load(fh) or {}).get("algo")
+  except (OSError, yaml.YAMLError, AttributeError):
+    return None
 
 
 def all_finite(params: Any) -> bool:
@@ -114,7 +129,7 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
     state, start = harness.restore_or_init(setup, ckpt, source, params_fn)
     with harness.mesh_ctx(setup):
       logger = MetricsLogger(run_dir, cfg.steps, start, progress=cfg.log.progress,
-                             tensorboard=cfg.log.tensorboard, jsonl=cfg.log.jsonl)
+                             tensorboard=cfg.log.tensorboard, jsonl=cfg.log.jsonl, stage=stage)
       try:
         if start:
           logger.write(f"resumed from step {start} ({ckpt.directory})")
@@ -128,9 +143,10 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
           summary.update(export(cfg, setup.model_cfg, state.params, info["final_step"], tokenizer, loop_cfg))
           if finish is not None:
             summary.update(finish(state, info))
-            for k in ("eval",):
-              if summary.get(k):
-                logger.log(info["final_step"], summary[k], split="eval")
+            if summary.get("eval"):
+              logger.log(info["final_step"], summary["eval"], split="eval")
+            if summary.get("answers"):
+              logger.log(info["final_step"], answers.flat(summary["answers"]), split="eval")
       finally:
         logger.close()
   finally:

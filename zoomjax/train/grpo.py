@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec
 from zoomjax import hf
 from zoomjax.data import tokenizer as T
 from zoomjax.data.lrs_gro import LrsGroSource, Row, row_to_dict
+from zoomjax.eval import answers
 from zoomjax.eval.answers import answer_eval
 from zoomjax.model.logprobs import token_entropy, token_logprobs
 from zoomjax.rl import grpo as G
@@ -336,20 +337,26 @@ def run(cfg: TrainConfig) -> dict:
                          max_new_tokens=gc.max_new_tokens, max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
                          batch_size=cfg.eval.answer_batch)
 
-  def evaluate(params, step) -> dict:
+  done: dict[int, dict] = {}
+
+  def held_out(params, step) -> dict:
+    """The held-out answers digest (process 0; {} without questions); the final step's is computed once."""
     if not eval_rows or jax.process_index() != 0:
       return {}
-    d = answer_eval(Generator(model_cfg, params), tokenizer, eval_rows, image_dir, eval_loop,
-                    os.path.join(run_dir, "answers", f"step_{step}"), model_cfg=model_cfg,
-                    batch_size=cfg.eval.answer_batch)
-    flat = {k: d[k] for k in ("accuracy", "apo_iou", "crop_rate", "n") if d.get(k) is not None}
-    flat.update({f"accuracy_{k}": v for k, v in d["by_type"].items() if v is not None})
-    return flat
+    if step not in done:
+      done.clear()
+      done[step] = answer_eval(Generator(model_cfg, params), tokenizer, eval_rows, image_dir, eval_loop,
+                               os.path.join(run_dir, "answers", f"step_{step}"), model_cfg=model_cfg,
+                               batch_size=cfg.eval.answer_batch)
+    return done[step]
+
+  def evaluate(params, step) -> dict:
+    return answers.flat(held_out(params, step))
 
   def finish(state, info) -> dict:
     out = {"data_root": root}
     if eval_rows:
-      out["answers"] = evaluate(state.params, info["final_step"])
+      out["answers"] = held_out(state.params, info["final_step"])
     return out
 
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,

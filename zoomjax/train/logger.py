@@ -44,19 +44,24 @@ class MetricsLogger:
     run_dir: `metrics.jsonl` and `tb/` go here.
     total_steps / initial_step: for the progress bar.
     progress / tensorboard / jsonl: enable each sink.
+    stage: the training stage (`sft`, `grpo`): every JSONL row carries it, TensorBoard writes to
+      `tb/<stage>`, and a resume drops only this stage's rows past `initial_step` (the stages of a chain
+      share one `metrics.jsonl`, each counting steps from 0).
   """
 
   def __init__(self, run_dir: str, total_steps: int, initial_step: int = 0, progress: bool = True,
-               tensorboard: bool = True, jsonl: bool = True):
+               tensorboard: bool = True, jsonl: bool = True, stage: str | None = None):
     self.active = jax.process_index() == 0
     self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
-    self.tb_dir = os.path.join(run_dir, "tb")
+    self.stage = stage
+    self.tb_dir = os.path.join(run_dir, "tb", stage) if stage else os.path.join(run_dir, "tb")
     self._bar = self._tb = self._fh = None
     if not self.active:
       return
     os.makedirs(run_dir, exist_ok=True)
     if jsonl:
-      rows = [r for r in read_jsonl(self.jsonl_path) if r.get("step", 0) <= initial_step]
+      rows = [r for r in read_jsonl(self.jsonl_path)
+              if r.get("stage") != stage or r.get("step", 0) <= initial_step]
       tmp = self.jsonl_path + ".tmp"
       with open(tmp, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -72,13 +77,14 @@ class MetricsLogger:
   def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
     if not self.active:
       return
-    row = {"step": int(step), **({"split": split} if split != "train" else {}),
+    row = {"step": int(step), **({"stage": self.stage} if self.stage else {}),
+           **({"split": split} if split != "train" else {}),
            **{k: _plain(v) for k, v in metrics.items()}}
     if self._fh is not None:
       self._fh.write(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in row.items():
-        if k not in ("step", "split") and isinstance(v, (int, float)):
+        if k not in ("step", "split", "stage") and isinstance(v, (int, float)):
           self._tb.add_scalar(f"{split}/{k}", v, int(step))
     if self._bar is not None and split == "train":
       self._bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "grad_norm", "lr", "tokens_per_s", "mfu")

@@ -257,6 +257,8 @@ class EvalSection:
     answers: also run the perception loop on this many held-out questions at the end for answer
       accuracy and APO IoU (0 = off). answer_batch: questions decoded together.
     max_new_tokens: generation budget per decoding stage.
+    outcome: after the last stage (when answers were evaluated): the zoom-off ablation and the image-blind
+      baseline on the same questions, `results.md`, `curves.png` and `zoom.png` (`zoomjax.train.outcome`).
   """
 
   every: int = 0
@@ -264,6 +266,7 @@ class EvalSection:
   answers: int = 0
   answer_batch: int = 16
   max_new_tokens: int = 256
+  outcome: bool = True
 
   def validate(self, key: str) -> None:
     _non_negative(f"{key}.every", self.every)
@@ -375,6 +378,11 @@ class TrainConfig:
     run_dir: where everything goes (config.yaml, checkpoints/, params/, hf/, metrics.jsonl, tb/).
     algo: `sft` (supervised fine-tuning) or `grpo` (RL from `grpo.init_from`).
     steps: optimizer steps to train. seed: parameter-init, sampling and dropout RNG seed.
+    then: the next stage, run after this one in the same `run_dir`: overrides of this config (e.g.
+      `{algo: grpo, steps: 60, grpo: {...}}`). Unless it sets them, its `grpo.init_from` is this
+      stage's run (its `hf/` export) and its `checkpoint.dir` is `{run_dir}/checkpoints_<algo>`, so each
+      stage resumes from its own checkpoints. `summary.json` keeps every stage under `stages`. `null`
+      (e.g. `then=null` on the command line) runs this stage alone.
   """
 
   run_dir: str = "runs/default"
@@ -390,6 +398,7 @@ class TrainConfig:
   eval: EvalSection = dataclasses.field(default_factory=EvalSection)
   distributed: DistributedSection = dataclasses.field(default_factory=DistributedSection)
   grpo: GrpoSection = dataclasses.field(default_factory=GrpoSection)
+  then: dict | None = None
 
   def validate(self, key: str = "") -> None:
     _one_of("algo", self.algo, ("sft", "grpo"))

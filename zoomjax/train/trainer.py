@@ -9,8 +9,8 @@ and `zoomjax.train.grpo`.
 
 from __future__ import annotations
 
-from zoomjax.train import grpo, sft
-from zoomjax.train.config import TrainConfig
+from zoomjax.train import grpo, outcome, sft
+from zoomjax.train.config import TrainConfig, next_stage
 from zoomjax.train.driver import TrainingFailed
 from zoomjax.train.harness import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, build, build_model_config, init_train_state
 
@@ -19,7 +19,15 @@ __all__ = ["train", "TrainingFailed", "PREEMPTED_EXIT_CODE", "INTERRUPTED_EXIT_C
 
 
 def train(cfg: TrainConfig, data=None) -> dict:
-  """Runs the configured training stage. `data` overrides the configured SFT data (a `sft_data.Data`)."""
-  if cfg.algo == "grpo":
-    return grpo.run(cfg)
-  return sft.run(cfg, data)
+  """Runs the configured training stage, then the stages its `then` chain names (in the same run_dir);
+  returns the last stage's summary. `data` overrides the first stage's SFT data (a `sft_data.Data`).
+  A stage stopped by a signal ends the chain (rerunning resumes it, earlier stages finish at once)."""
+  stage: TrainConfig | None = cfg
+  while stage is not None:
+    summary = grpo.run(stage) if stage.algo == "grpo" else sft.run(stage, data)
+    if summary.get("preempted"):
+      break
+    data, last, stage = None, stage, next_stage(stage)
+  if not summary.get("preempted") and last.eval.outcome:
+    summary.update(outcome.write_outcome(last, summary))
+  return summary
