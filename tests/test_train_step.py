@@ -207,3 +207,25 @@ def test_flops_count_by_hand_and_peak_table():
   assert with_vision > frozen > flops.step_flops(cfg, 2, 32)
   assert flops.device_peak_flops(SimpleNamespace(device_kind="TPU v5 lite", platform="tpu"))[0] == 197e12
   assert flops.device_peak_flops(SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", platform="gpu"))[0] == 989e12
+
+
+def test_pieces_with_different_image_sizes_assemble_into_one_batch():
+  """A piece with a small image (or none: the blank padding piece of an eval pass) next to one with a large
+  image: their vision `full_span` bounds differ, the batch takes the largest (the eval pass of a run
+  with fewer held-out examples than `eval.batches` x batch once failed here)."""
+  from zoomjax.model import ModelConfig
+  from zoomjax.train import batching
+  cfg = ModelConfig.tiny(vocab_size=64)
+  def piece(grid):
+    n = int(np.prod(grid)) if grid is not None else 0
+    ids = np.full((1, 80), 1, np.int32)
+    if grid is not None:
+      ids[0, :n // 4] = cfg.image_token_id
+    return {"input_ids": ids, "attention_mask": np.ones((1, 80), np.int32), "loss_mask": np.ones((1, 80), np.int32),
+            "pixel_values": np.zeros((n, 1176), np.float32),
+            "image_grid_thw": np.asarray([grid], np.int32) if grid is not None else np.zeros((0, 3), np.int32)}
+  pieces = [piece((1, 16, 16)), piece((1, 4, 4)), piece(None)]
+  spans = [batching.model_inputs(cfg, p, 256)["vision"]["full_span"].shape[0] for p in pieces]
+  assert len(set(spans)) > 1
+  out = batching.assemble(pieces, (3,), lambda p: batching.model_inputs(cfg, p, 256))
+  assert out["vision"]["full_span"].shape == (3, max(spans)) and out["input_ids"].shape == (3, 1, 80)

@@ -71,12 +71,24 @@ def stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
 
 
+def _common_span(trees: list) -> list:
+  """The vision metadata's `full_span` (a static bound >= each piece's longest image, see
+  `model.vision.vision_metadata`) differs between pieces whose images differ in size (a view and a larger
+  crop, a blank padding piece): every piece gets the largest, which bounds them all."""
+  spans = [t["vision"]["full_span"].shape[0] for t in trees if isinstance(t, dict) and "vision" in t]
+  if len(set(spans)) <= 1:
+    return trees
+  top = max(spans)
+  return [{**t, "vision": {**t["vision"], "full_span": np.zeros(top, np.int32)}} if "vision" in t else t
+          for t in trees]
+
+
 def assemble(pieces: Sequence[dict], shape: tuple[int, ...], to_device_inputs) -> dict:
   """`prod(shape)` host pieces (row-major over `shape`, e.g. `(A, S_local, b)`) -> one tree whose
   leaves are `[*shape, ...]`."""
   if len(pieces) != int(np.prod(shape)):
     raise ValueError(f"{len(pieces)} pieces do not fill the layout {shape}")
-  flat = stack([to_device_inputs(p) for p in pieces])
+  flat = stack(_common_span([to_device_inputs(p) for p in pieces]))
   return jax.tree_util.tree_map(lambda x: x.reshape(tuple(shape) + x.shape[1:]), flat)
 
 
