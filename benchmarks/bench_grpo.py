@@ -14,7 +14,9 @@ of the run's Toy Earth `rl.jsonl`, each sampled `--group` times at temperature 1
   a time, each a fresh `generate` over prompt + stage 1 + the crop (no cache carried over).
 Both sides sample at temperature 1 with the same budgets and stop tokens; both use every core (torch
 threads = os.cpu_count(), as XLA's CPU client does). tokens/s = sampled tokens / wall time of the whole
-rollout (image preprocessing, prefill, decode, host work); medians over `--rounds` after a warm-up.
+rollout (image preprocessing, prefill, decode, host work); medians over `--rounds` after `--warmup`
+rounds (zoomjax compiles one decode program per length bucket; a round that meets a new bucket pays a
+compilation, which a training run pays once).
 
 The step split (rollout share, update tokens/s) is read from the run's own GRPO metrics (`metrics.jsonl`
 rows of stage `grpo`: `time_rollout_s`, `step_time_s`, `tokens`), i.e. measured in the real run.
@@ -106,7 +108,9 @@ def main(argv=None) -> int:
   p.add_argument("--prompts", type=int, default=4)
   p.add_argument("--group", type=int, default=4)
   p.add_argument("--new-tokens", type=int, default=160)
-  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=3,
+                 help="warm-up rounds per side (zoomjax compiles one decode program per length bucket it meets)")
   args = p.parse_args(argv)
 
   import torch
@@ -141,7 +145,8 @@ def main(argv=None) -> int:
     torch.manual_seed(seed)
     return _released_rollout(ref, tok, requests, args.group, cfg, args.new_tokens)
 
-  ours(0), theirs(0)   # warm-up: compiles zoomjax's shapes, warms torch
+  for i in range(args.warmup):   # warm-up: compiles zoomjax's bucketed shapes, warms torch
+    ours(100 + i), theirs(100 + i)
   res = {"zoomjax": [], "released": []}
   for i in range(args.rounds):
     for name, fn in (("zoomjax", ours), ("released", theirs)):
