@@ -7,6 +7,7 @@ import glob
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -64,3 +65,35 @@ def test_embedded_pipeline_small(tmp_path):
   assert glob.glob(str(run / "tb" / "sft" / "events.out.tfevents.*"))
   assert glob.glob(str(run / "tb" / "grpo" / "events.out.tfevents.*"))
   assert sorted(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit()) == [2, 4]
+  _export_matches_transformers(run, tmp_path / "data")
+
+
+def _export_matches_transformers(run, data):
+  """The run's `hf/` export (the last stage's weights, the trained tokenizer) loads in transformers, whose
+  logits on a real held-out Toy Earth prompt (toy protocol, the view's image tokens) equal zoomjax's."""
+  import transformers
+  from PIL import Image
+
+  from zoomjax import hf
+  from zoomjax.model import forward, reference as ref_lib
+  from zoomjax.processing import num_image_tokens, preprocess_image
+  from zoomjax.protocol import templates as P
+  from zoomjax.train import checkpoint
+
+  cfg, params = hf.load(run / "hf")
+  orbax = checkpoint.load_params(str(run / "params"))
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                                                       params, orbax))
+  tok = transformers.AutoTokenizer.from_pretrained(run / "hf", local_files_only=True)
+  q = json.loads((data / "test.jsonl").read_text().splitlines()[5])
+  view = Image.open(data / "images" / q["image_name"]).convert("RGB").resize((512, 512))
+  pixels, grid = preprocess_image(view, max_pixels=224 * 224)
+  prompt = P.render_prompt(q["question"], "released", version=P.TOY_VERSION)
+  ids, _ = P.encode_segments(prompt, lambda s: tok.encode(s, add_special_tokens=False),
+                             [num_image_tokens(grid)], tok.convert_tokens_to_ids(P.IMAGE_PAD))
+  ids, grid = np.asarray([ids]), np.asarray([grid])
+  model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(run / "hf", attn_implementation="eager")
+  ref = ref_lib.reference_logits(model.eval(), cfg, ids, None, pixels, grid)
+  ours = np.asarray(forward(cfg, params, ids, np.asarray(pixels), grid))
+  assert ref.shape == ours.shape and ids.shape[1] > 100
+  np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
