@@ -47,8 +47,9 @@ def _released_rollout(model, tok, requests, group: int, cfg, max_new: int):
   tools = default_registry()
   pad_id = tok.convert_tokens_to_ids(P.IMAGE_PAD)
   stops = [tok.convert_tokens_to_ids(t) for t in P.END_OF_TURN_TOKENS]
-  if P.resolve_version(cfg.protocol, cfg.version) == P.TOY_VERSION:
-    stops.append(tok.convert_tokens_to_ids(P.VISION_START))
+  request = P.crop_request_token(cfg.protocol, cfg.version)
+  if request is not None:
+    stops.append(tok.convert_tokens_to_ids(request))
 
   def image_in(pil):
     pv, g = preprocess_image(pil, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)

@@ -28,13 +28,11 @@ import os
 import sys
 from typing import Sequence
 
-
 from zoomjax import cli
 from zoomjax.eval.figures import render_result
 
-
-
-INFER_FALLBACKS = {"protocol": "released", "version": None, "max_new_tokens": 1024, "max_total_tokens": 8192, "max_pixels": 12845056}
+INFER_FALLBACKS = {"protocol": "released", "version": None, "max_new_tokens": 1024, "max_total_tokens": 8192,
+                   "max_pixels": 12845056}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,8 +238,8 @@ class SftDataset:
     self.protocol = protocol
     self.version = version
     self.box_weight = box_weight
-    self.request_id = (T.token_id(tokenizer, P.VISION_START) if protocol == "released" and version == P.TOY_VERSION
-                       else None)
+    request = P.crop_request_token(protocol, version)
+    self.request_id = T.token_id(tokenizer, request) if request is not None else None
     self.budget = budget
     self.encode = T.encoder(tokenizer)
     self.image_pad_id = T.token_id(tokenizer, P.IMAGE_PAD)

@@ -100,8 +100,8 @@ def _score(args) -> int:
   return 0
 
 
-RUN_FALLBACKS = {"protocol": "released", "version": None, "max_turns": 1, "max_new_tokens": 1024, "max_total_tokens": 8192,
-                 "max_pixels": 12845056}
+RUN_FALLBACKS = {"protocol": "released", "version": None, "max_turns": 1, "max_new_tokens": 1024,
+                 "max_total_tokens": 8192, "max_pixels": 12845056}
 
 
 def _run(args) -> int:

@@ -52,7 +52,6 @@ def flat(d: dict) -> dict:
   """A digest as flat scalars (what a metrics row holds): accuracy, apo_iou, crop_rate, n, accuracy_<type>."""
   out = {k: d[k] for k in ("accuracy", "apo_iou", "crop_rate", "n") if d.get(k) is not None}
   out.update({f"accuracy_{k}": v for k, v in (d.get("by_type") or {}).items() if v is not None})
-  out.update({k: v for k, v in d.items() if k.startswith("accuracy_")})   # already flat
   return out
 
 

@@ -252,6 +252,12 @@ def _merge(segments: Iterable[Segment]) -> tuple[Segment, ...]:
   return tuple(out)
 
 
+def crop_request_token(protocol: str, version: str | None) -> str | None:
+  """The token with which the model itself asks for the crop, where the version trains one: `released-toy-v1`
+  makes the crop image's `<|vision_start|>` a target (SFT) and a stage-1 stop (rollout); None otherwise."""
+  return VISION_START if protocol == "released" and resolve_version(protocol, version) == TOY_VERSION else None
+
+
 def resolve_version(protocol: str, version: str | None) -> str:
   """The template version `version` names for `protocol` (None: the protocol's default); ProtocolError
   for an unknown protocol or version."""

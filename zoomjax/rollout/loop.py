@@ -243,8 +243,9 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
   codec = TextCodec(tokenizer)
   pad_id = codec.token_id(P.IMAGE_PAD)
   stop_ids = tuple(codec.token_id(t) for t in P.END_OF_TURN_TOKENS)
-  if cfg.protocol == "released" and P.resolve_version(cfg.protocol, cfg.version) == P.TOY_VERSION:
-    stop_ids += (codec.token_id(P.VISION_START),)   # stage 1 may end by asking for the crop
+  request = P.crop_request_token(cfg.protocol, cfg.version)
+  if request is not None:   # stage 1 may end by asking for the crop
+    stop_ids += (codec.token_id(request),)
   im_end = codec.token_id(P.IM_END)
   banned = (pad_id, codec.token_id(P.VISION_END))  # image tokens the model may not write: only images do
   rows = []

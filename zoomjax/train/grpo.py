@@ -48,7 +48,6 @@ from zoomjax import hf
 from zoomjax.data import tokenizer as T
 from zoomjax.data.lrs_gro import LrsGroSource, Row, row_to_dict
 from zoomjax.eval import answers
-from zoomjax.eval.answers import answer_eval
 from zoomjax.model.logprobs import token_entropy, token_logprobs
 from zoomjax.rl import grpo as G
 from zoomjax.rl.format import format_reward
@@ -345,9 +344,9 @@ def run(cfg: TrainConfig) -> dict:
       return {}
     if step not in done:
       done.clear()
-      done[step] = answer_eval(Generator(model_cfg, params), tokenizer, eval_rows, image_dir, eval_loop,
-                               os.path.join(run_dir, "answers", f"step_{step}"), model_cfg=model_cfg,
-                               batch_size=cfg.eval.answer_batch)
+      done[step] = answers.answer_eval(Generator(model_cfg, params), tokenizer, eval_rows, image_dir, eval_loop,
+                                       os.path.join(run_dir, "answers", f"step_{step}"), model_cfg=model_cfg,
+                                       batch_size=cfg.eval.answer_batch)
     return done[step]
 
   def evaluate(params, step) -> dict:

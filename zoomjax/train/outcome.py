@@ -18,6 +18,7 @@ Process 0 only; nothing here changes the trained model or the stages' numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -53,9 +54,9 @@ def write_outcome(cfg: TrainConfig, summary: dict) -> dict:
   tokenizer = hf.load_tokenizer(summary["hf"])
   gen = Generator(model_cfg, params)
   d = hf.inference_defaults(summary["hf"])
-  loop = LoopConfig(**{k: d[k] for k in hf.INFER_DEFAULT_KEYS if k in d}, batch_size=cfg.eval.answer_batch)
+  loop = LoopConfig(**d, batch_size=cfg.eval.answer_batch)   # d: the INFER_DEFAULT_KEYS the export gives
   out: dict[str, Any] = {}
-  out["zoom_off"] = answer_eval(gen, tokenizer, rows, image_dir, LoopConfig(**{**_fields(loop), "zoom": False}),
+  out["zoom_off"] = answer_eval(gen, tokenizer, rows, image_dir, dataclasses.replace(loop, zoom=False),
                                 os.path.join(run_dir, "answers_zoom_off"), model_cfg=model_cfg,
                                 batch_size=cfg.eval.answer_batch)
   sft_file = os.path.join(root, "sft.jsonl")
@@ -70,10 +71,6 @@ def write_outcome(cfg: TrainConfig, summary: dict) -> dict:
                                             title=os.path.basename(run_dir))
   out["zoom_png"] = _zoom_png(gen, tokenizer, ann, image_dir, loop, os.path.join(run_dir, "zoom.png"))
   return out
-
-
-def _fields(loop: LoopConfig) -> dict:
-  return {f: getattr(loop, f) for f in loop.__dataclass_fields__}
 
 
 def _row(name: str, d: dict) -> str:
