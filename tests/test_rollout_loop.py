@@ -12,7 +12,8 @@ from zoomjax.data.tokenizer import padded_vocab_size, special_ids, train_tokeniz
 from zoomjax.model import ModelConfig, init_params
 from zoomjax.processing import preprocess_image
 from zoomjax.protocol import templates as P
-from zoomjax.rollout.generate import Generator, Sampling, bucket
+from zoomjax.model.buckets import round_up
+from zoomjax.rollout.generate import Generator, Sampling
 from zoomjax.rollout.loop import LoopConfig, Request, rollout
 
 SMALL = dict(min_pixels=28 * 28, max_pixels=56 * 56 * 4)   # tiny images keep the test fast
@@ -53,7 +54,7 @@ def _forcing(world, expected, n_rows):
   tok, cfg, _ = world
   im_end = tok.token_to_id(P.IM_END)
   width = max(len(ids) for ids, _ in expected) + 1
-  table = np.full((bucket(n_rows, 1), width), im_end, np.int32)
+  table = np.full((round_up(n_rows, 1), width), im_end, np.int32)
   for b, (ids, mask) in enumerate(expected):
     table[b, :len(ids)] = np.where(mask == 1, ids, im_end)
   table = jnp.asarray(table)
@@ -204,7 +205,7 @@ def _forcing_all(world, expected):
   a model that writes `<|vision_start|>` itself where the crop image begins."""
   tok, cfg, _ = world
   width = max(len(ids) for ids, _ in expected) + 1
-  table = np.full((bucket(len(expected), 1), width), tok.token_to_id(P.IM_END), np.int32)
+  table = np.full((round_up(len(expected), 1), width), tok.token_to_id(P.IM_END), np.int32)
   for b, (ids, _) in enumerate(expected):
     table[b, :len(ids)] = ids
   table = jnp.asarray(table)

@@ -20,7 +20,8 @@ from zoomjax.infer import main as infer_main
 from zoomjax.model import ModelConfig, init_params
 from zoomjax.processing import preprocess_image
 from zoomjax.protocol import templates as P
-from zoomjax.rollout.generate import Generator, bucket
+from zoomjax.model.buckets import round_up
+from zoomjax.rollout.generate import Generator
 from zoomjax.rollout.loop import LoopConfig, Request, rollout
 from zoomjax.tools import (DOWNSTREAM_TOOLS, FunctionTool, PluginError, SceneImage, ToolResult, box_window,
                            downstream_registry, run_on_box)
@@ -375,7 +376,7 @@ def test_multiturn_rollout_lists_and_runs_the_downstream_tools(objects):
   ids, mask = P.encode_segments(rendered, lambda s: tok.encode(s, add_special_tokens=False).ids, counts,
                                 tok.token_to_id(P.IMAGE_PAD))
   im_end = tok.token_to_id(P.IM_END)
-  table = jnp.asarray(np.where(np.asarray(mask) == 1, ids, im_end)[None].repeat(bucket(1, 1), 0))
+  table = jnp.asarray(np.where(np.asarray(mask) == 1, ids, im_end)[None].repeat(round_up(1, 1), 0))
   force = lambda logits, n: jnp.where(  # noqa: E731
       jnp.arange(logits.shape[-1])[None] == table[jnp.arange(logits.shape[0]), jnp.clip(n, 0, len(ids) - 1)][:, None],
       1e4, -1e4)

@@ -15,7 +15,8 @@ consecutive elements of its stride, so global batch `g` is always examples `[g*B
 shuffled stream, whatever the number of processes.
 
 Static shapes: the sequence length T, pixel rows P and image slots I of a batch are rounded up to
-buckets (`Buckets`), so a jitted step compiles once per bucket combination. Padding: token rows with
+buckets (`Buckets`; `zoomjax.model.buckets.ladder`, the generator's rounding rule), so a jitted step
+compiles once per bucket combination. Padding: token rows with
 `pad_id` and zero masks; pixel rows of zeros; image rows `(0, 0, 0)` (what `zoomjax.model` treats as
 padding). A short final batch is padded to `batch_size` with invalid rows (`valid = 0`).
 
@@ -43,6 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from zoomjax.data import images as I
+from zoomjax.model.buckets import ladder
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,6 @@ PATCH_DIM = 1176
 
 class ExampleTooLongError(ValueError):
   """An example does not fit the largest bucket."""
-
-
-def ladder(lo: int, hi: int, steps_per_octave: int = 4, multiple: int = 8) -> tuple[int, ...]:
-  """Bucket sizes from `lo` to `hi`: geometric with `steps_per_octave` steps per doubling, rounded up to
-  `multiple` (so padding wastes at most ~1/steps_per_octave)."""
-  out: list[int] = []
-  k = 0
-  while True:
-    x = int(np.ceil(round(lo * 2 ** (k / steps_per_octave), 6)))
-    v = -(-x // multiple) * multiple
-    if v >= hi:
-      out.append(int(hi))
-      return tuple(out)
-    if not out or v > out[-1]:
-      out.append(int(v))
-    k += 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,17 +33,16 @@ stacked arrays before its matmuls.
 Invariants of a `Session` row: the cache holds the row's whole token history, and `next_logits[b]` are
 the model's logits after it. `rollback` breaks the second (the row is "stale" until the next `append`).
 
-Shapes are bucketed (`bucket`: 4 sizes per octave) so a run compiles a handful of programs, not one per
-prompt: batch (padded rows are idle), new-token length, patch count, decode steps, cache length.
+Shapes are bucketed (`zoomjax.model.buckets.round_up`: 4 sizes per octave) so a run compiles a handful
+of programs, not one per prompt: batch (padded rows are idle), new-token length, patch count, decode
+steps, cache length.
 
 Log-probs are those of the raw model distribution, `log_softmax(logits)[token]` in float32 (no
 temperature, top-k or top-p), i.e. what a learner recomputes with a forward pass (GRPO's `logp_old`).
 
-Sampling (`Sampling`, static): temperature 0 is greedy (`argmax`, first maximum, as transformers);
-otherwise logits / temperature, then top-k, then top-p (nucleus: keep the most likely tokens whose mass
-before them is <= p; at least one; `nucleus_mask`, no vocabulary sort), then a categorical draw with a
-per-step, per-row key derived from the session seed. `logits_processor(logits, lengths) -> logits` (static, optional) runs before sampling, e.g. a
-logit bias; `lengths` int32[B] are the rows' current history lengths.
+Sampling: `zoomjax.rollout.sampling` (`Sampling`, `sample_tokens`). `logits_processor(logits, lengths) ->
+logits` (static, optional) runs before sampling, e.g. a logit bias; `lengths` int32[B] are the rows'
+current history lengths.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Sequence
 
 import flax.struct
@@ -60,116 +58,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoomjax.model import cache as cache_lib
+from zoomjax.model.buckets import round_up
 from zoomjax.model.config import ModelConfig
 from zoomjax.model.inputs import prepare_extend
 from zoomjax.model.qwen2_5_vl import unstack_layers
+from zoomjax.rollout.sampling import GREEDY, Sampling, sample_tokens  # noqa: F401  (GREEDY, Sampling: public here too)
 
 FINISH_REASONS = ("stop", "length", "cut", "idle")
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-  """Rounds `n` up to one of 4 sizes per octave (`minimum`, …, 2^k, 1.25·2^k, 1.5·2^k, 1.75·2^k, …)."""
-  n = max(int(n), int(minimum), 1)
-  step = 2 ** max(int(math.floor(math.log2(n))) - 2, 0)
-  return -(-n // step) * step
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-  """Decoding rule (static under jit). temperature 0 -> greedy; top_k 0 -> off; top_p 1 -> off."""
-
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-
-  def __post_init__(self):
-    if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-      raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-    if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-    if not 0 < self.top_p <= 1:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-  @property
-  def greedy(self) -> bool:
-    return self.temperature == 0
-
-
-GREEDY = Sampling(temperature=0.0)
-
-
-def _order_keys(x: jax.Array) -> jax.Array:
-  """uint32 keys in the order of the float32 values x (-0 and +0 equal; -inf lowest)."""
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32) + 0.0, jnp.uint32)   # + 0.0: -0 -> +0
-  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
-
-
-def _keep_top(x: jax.Array, weight: jax.Array, limit) -> jax.Array:
-  """bool[B, V]: token i is kept iff the total `weight` of the tokens with a strictly larger x is <= limit.
-
-  The kept set is `x >= c` for the smallest such c, found without sorting the vocabulary (a sort or
-  `lax.top_k` over [B, V] per decode step costs more than the model's forward at V = 32000 on CPU): a
-  bisection over the 2^32 float32 values in their order, 32 passes of a fused masked sum.
-  """
-  okey = _order_keys(x)
-
-  def body(_, bounds):   # invariant: weight above hi <= limit; the answer lies in [lo, hi]
-    lo, hi = bounds
-    mid = lo + (hi - lo) // 2
-    ok = jnp.sum(jnp.where(okey > mid[:, None], weight, 0.0), axis=-1) <= limit
-    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-  lo = jnp.zeros(x.shape[:1], jnp.uint32)
-  _, c = jax.lax.fori_loop(0, 32, body, (lo, jnp.max(okey, axis=-1)))
-  return okey >= c[:, None]
-
-
-def top_k_mask(x: jax.Array, k: int) -> jax.Array:
-  """bool[B, V]: logits >= the k-th largest of the row (ties with it kept), as `x >= lax.top_k(x, k)[0][:, -1]`."""
-  return _keep_top(x, jnp.ones_like(x, jnp.float32), k - 1)
-
-
-def nucleus_mask(x: jax.Array, top_p: float) -> jax.Array:
-  """bool[B, V]: the top-p (nucleus) set of each row of float32[B, V] logits (-inf allowed).
-
-  The rule: sort a row by decreasing logit and keep the tokens whose probability mass *before* them is
-  <= top_p (so at least the first), then every token tied with the last kept one. Equivalently, token i is
-  kept iff the mass of the tokens with a strictly larger logit is <= top_p (`_keep_top`, no sort).
-  """
-  return _keep_top(x, jax.nn.softmax(x.astype(jnp.float32), axis=-1), top_p)
-
-
-def argmax_first(x: jax.Array) -> jax.Array:
-  """int32[B]: index of the first maximum of each row of [B, V] (as `jnp.argmax` for NaN-free rows; an
-  all-NaN row gives V - 1), as two plain reductions instead of XLA's variadic argmax reduction."""
-  v = x.shape[-1]
-  m = jnp.max(x, axis=-1, keepdims=True)
-  return jnp.min(jnp.where(x == m, jnp.arange(v, dtype=jnp.int32), v - 1), axis=-1)
-
-
-def categorical(key: jax.Array, x: jax.Array) -> jax.Array:
-  """int32[B]: one draw per row from softmax(x) (x float32[B, V], -inf allowed), by inverting the CDF with
-  one uniform per row (`jax.random.categorical` draws B * V Gumbel variates: ~3x slower at V = 32000)."""
-  p = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
-  cdf = jnp.cumsum(p, axis=-1)
-  u = 1.0 - jax.random.uniform(key, (x.shape[0], 1), jnp.float32)            # (0, 1]
-  idx = jnp.sum((cdf < u * cdf[:, -1:]).astype(jnp.int32), axis=-1)
-  # float rounding can only push the draw past the last token of non-zero probability: pull it back
-  last = x.shape[-1] - 1 - argmax_first((p > 0)[:, ::-1].astype(jnp.int32))
-  return jnp.minimum(idx, last).astype(jnp.int32)
-
-
-def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-  """float32[B, V] -> int32[B] by `sampling` (module docstring). `key`: one PRNG key for the batch."""
-  if sampling.greedy:
-    return argmax_first(logits)
-  x = logits.astype(jnp.float32) / sampling.temperature
-  v = x.shape[-1]
-  if 0 < sampling.top_k < v:
-    x = jnp.where(top_k_mask(x, sampling.top_k), x, -jnp.inf)
-  if sampling.top_p < 1.0:
-    x = jnp.where(nucleus_mask(x, sampling.top_p), x, -jnp.inf)
-  return categorical(key, x)
 
 
 # ------------------------------------------------------------------------------------------ device programs
@@ -342,9 +237,9 @@ class Session:
     self.gen = gen
     self.cfg = gen.cfg
     self.batch_size = int(batch_size)
-    self._b = bucket(batch_size, 1) if bucket_batch else int(batch_size)
+    self._b = round_up(batch_size, 1) if bucket_batch else int(batch_size)
     self.max_len = int(max_len)
-    self._s = bucket(max_len, 64)
+    self._s = round_up(max_len, 64)
     self.histories: list[list[int]] = [[] for _ in range(self.batch_size)]
     self.images: list[list[ImageInput]] = [[] for _ in range(self.batch_size)]
     self._cached = np.zeros(self._b, np.int64)           # host mirror of cache["length"]
@@ -403,7 +298,7 @@ class Session:
         self._logits, self._cache = _extend_last(run_cfg, params, self._cache, inputs, pv, self._logits)
     else:
       leaders = list(range(0, self.batch_size, group_size))
-      nl = bucket(len(leaders), 1)
+      nl = round_up(len(leaders), 1)
       inputs, pv = self._extend_inputs(leaders, nl, new_rows, images)
       lead_idx = np.zeros(nl, np.int32)
       lead_idx[:len(leaders)] = leaders
@@ -443,8 +338,8 @@ class Session:
     cached[:len(rows)] = self._cached[rows]
     new_pix = [im.pixel_values for b in rows for im in images[b]]
     n_patch = sum(p.shape[0] for p in new_pix)
-    pad_patches = bucket(n_patch, 4 * cfg.vision.spatial_merge_size ** 2) if new_pix else None
-    tn = bucket(max(len(new_rows[b]) for b in rows), self.gen.min_bucket)
+    pad_patches = round_up(n_patch, 4 * cfg.vision.spatial_merge_size ** 2) if new_pix else None
+    tn = round_up(max(len(new_rows[b]) for b in rows), self.gen.min_bucket)
     inputs = prepare_extend(cfg, hist, cached, grids, pad_to=tn, pad_patches_to=pad_patches)
     inputs.pop("image_grid_thw", None)
     pv = None
@@ -500,9 +395,9 @@ class Session:
     live = {r for r in rows if budget[r] > 0}
     while live:
       left = np.array([budget[b] - len(outs[b].tokens) if b in live else 0 for b in range(self._b)])
-      n_max = bucket(int(left.max()), self.gen.min_bucket)
+      n_max = round_up(int(left.max()), self.gen.min_bucket)
       if stop_fn is not None:
-        n_max = min(n_max, bucket(chunk, 1))
+        n_max = min(n_max, round_up(chunk, 1))
       self._calls += 1
       key = jax.random.fold_in(self._key, self._calls)
       with self.gen._context():
