@@ -2,12 +2,14 @@
 
     loop_answer_fn(generator, tokenizer, image_dir, loop_cfg, model_cfg) -> answer_fn
     report = answer_eval(generator, tokenizer, rows, image_dir, loop_cfg, out_dir)
+    panels = zoom_panels(generator, tokenizer, annotations_path, image_dir, loop_cfg)   # for figures.zoom_sheet
 
 `loop_answer_fn` is the `answer_fn` of `zoomjax.eval.run.run`: greedy rollouts of a batch of questions,
 one predictions row each (`prediction_row`: answer, box in the 1024 frame, turns, visual tokens).
 `answer_eval` is what training runs call on held-out questions: it writes
 `OUT_DIR/{annotations,predictions}.jsonl` and `OUT_DIR/report.json` (the `zoomjax.eval score` report) and
-returns a digest `{"accuracy", "apo_iou", "crop_rate", "n", "by_type", "path"}`.
+returns a digest `{"accuracy", "apo_iou", "crop_rate", "n", "by_type", "path"}`. `zoom_panels` answers a
+few of those questions again and keeps what a picture of the zoom needs (view, boxes, crops, truth).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import os
 from typing import Sequence
 
 from zoomjax.eval import loaders, run as eval_run, score as eval_score
-from zoomjax.eval.loaders import Question
+from zoomjax.eval.loaders import GT_FRAME, Question
 from zoomjax.rollout.loop import LoopConfig, Request, rollout
+from zoomjax.rollout.tools import SceneImage
 
 
 def question_image(image_dir: str, q: Question) -> str:
@@ -76,3 +79,29 @@ def answer_eval(generator, tokenizer, rows: Sequence[dict], image_dir: str, loop
   path = os.path.join(out_dir, "report.json")
   eval_score.write_report(report, path)
   return digest(report, path)
+
+
+ZOOM_PANELS = 4    # questions in a zoom picture (`zoom.png`, the GRPO TensorBoard image)
+
+
+def zoom_panels(generator, tokenizer, annotations: str, image_dir: str, loop_cfg: LoopConfig,
+                n: int = ZOOM_PANELS) -> list[dict]:
+  """Up to `n` questions of an LRS-GRO annotation file answered by the loop, as `figures.zoom_sheet`
+  panels: region and object questions (they have a GT box) alternately first, then any others."""
+  questions, _ = loaders.load(annotations, "lrs_gro")
+  boxed = [[q for q in questions if q.bbox and q.type == t] for t in ("region", "object")]
+  picked = [q for pair in zip(*boxed) for q in pair]
+  picked = (picked + [q for q in questions if q not in picked])[:max(int(n), 0)]
+  if not picked:
+    return []
+  paths = [question_image(image_dir, q) for q in picked]
+  trajs = rollout(generator, tokenizer, [Request(p, loaders.prompt_text(q)) for p, q in zip(paths, picked)],
+                  loop_cfg)
+  panels = []
+  for q, t, path in zip(picked, trajs, paths):
+    s = max(t.info["view_size"]) / GT_FRAME
+    panels.append({"view": SceneImage.open(path, long_side=loop_cfg.long_side).view,
+                   "boxes_global": [b for b in t.boxes_global if b is not None], "crops": t.crops,
+                   "answer": t.answer, "question": q.question, "truth": q.ground_truth,
+                   "gt_box_global": [v * s for v in q.bbox] if q.bbox else None})
+  return panels

@@ -2,6 +2,7 @@
 
     render_result(view, boxes_global, crops, answer) -> PIL image   # what `zoomjax.infer --out` writes
     zoom_sheet(panels, path)          # several questions, one row each, with the question and the GT box
+    zoom_sheet_image(panels)          # the same as a PIL image (what TensorBoard shows during GRPO)
     learning_curves(rows, path)       # metrics.jsonl rows of every stage -> one PNG (matplotlib, Agg)
 """
 
@@ -45,9 +46,16 @@ def render_result(view: Image.Image, boxes_global: Sequence[Sequence[float]], cr
 
 
 def zoom_sheet(panels: Sequence[dict[str, Any]], path: str) -> str:
+  """`zoom_sheet_image(panels)` saved as a PNG at `path`; returns `path`."""
+  zoom_sheet_image(panels).save(path, format="PNG")
+  return path
+
+
+def zoom_sheet_image(panels: Sequence[dict[str, Any]]) -> Image.Image:
   """Stacks `render_result` pictures, one per question, each under its question and above its ground
   truth, with the GT box (green) drawn on the view. A panel holds `view`, `boxes_global` (the model's
-  requests, view pixels), `crops`, `answer`, `question`, `truth` and optionally `gt_box_global`."""
+  requests, view pixels), `crops`, `answer`, `question`, `truth` and optionally `gt_box_global`
+  (`zoomjax.eval.answers.zoom_panels` makes them)."""
   rows = []
   for p in panels:
     pic = render_result(p["view"], p["boxes_global"], p["crops"], p.get("answer"))
@@ -64,8 +72,7 @@ def zoom_sheet(panels: Sequence[dict[str, Any]], path: str) -> str:
     sheet.paste(head, (0, y))
     sheet.paste(pic, (0, y + head.height))
     y += head.height + pic.height + 6
-  sheet.save(path, format="PNG")
-  return path
+  return sheet
 
 
 # The panels of `learning_curves`: (title, split, keys); a key missing from every row is left out.

@@ -116,12 +116,15 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
           params_fn: Callable[[], Any] | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
           flops_fn: Callable[[dict], float] | None = None, tokens_fn: Callable[[dict], float] | None = None,
           finish: Callable[[Any, dict], dict] | None = None, tokenizer=None, loop_cfg=None,
-          eval_at_start: bool = False, require_tokens: bool = True) -> dict:
+          eval_at_start: bool = False, require_tokens: bool = True,
+          images_fn: Callable[[Any, int], dict] | None = None) -> dict:
   """Restore or init, train, check, export, evaluate (`finish(state, info) -> dict`), summarize.
 
   `eval_at_start`: a fresh run logs `eval_fn` at step 0 too (the starting point of an RL stage).
   `require_tokens`: a last logged step with no target token fails the run (SFT; in GRPO a batch whose
-  groups all had zero variance legitimately trains on nothing)."""
+  groups all had zero variance legitimately trains on nothing).
+  `images_fn(params, step) -> {tag: uint8[H, W, 3]}`: pictures logged with the final answers (the
+  intermediate evaluations carry theirs in `eval_fn`'s `images`)."""
   run_dir = os.path.abspath(cfg.run_dir)
   ckpt = checkpoint.Checkpointer(cfg.path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
@@ -146,7 +149,8 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
             if summary.get("eval"):
               logger.log(info["final_step"], summary["eval"], split="eval")
             if summary.get("answers"):
-              logger.log(info["final_step"], answers.flat(summary["answers"]), split="eval")
+              images = images_fn(state.params, info["final_step"]) if images_fn is not None else {}
+              logger.log(info["final_step"], {**answers.flat(summary["answers"]), "images": images}, split="eval")
       finally:
         logger.close()
   finally:

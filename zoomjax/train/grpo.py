@@ -8,8 +8,8 @@ One optimizer step (μ = `grpo.inner_steps` steps per rollout batch):
 1. **Rollout** (`GrpoSource.next(state)`): `data.batch_size / G` prompts of the RL split, each repeated
    G times, through `zoomjax.rollout.loop.rollout` with a `Generator` over `state.params` (no copy of the
    weights), sampling at `grpo.temperature`; each group's image, vision tower and prompt prefill run once
-   and the KV prefix is copied into its G rows (`group_size=G`). The *model* decides whether and where to crop. Trajectories
-   are token-exact: the sampled ids, the loss mask (prompt, image and tool-response tokens 0), the
+   and the KV prefix is copied into its G rows (`group_size=G`). The *model* decides whether and where to
+   crop. Trajectories are token-exact: the sampled ids, the loss mask (prompt, image and tool-response tokens 0), the
    sampler's log-probs, the images with their grids.
 2. **Reward** (host + jit kernels, `zoomjax.rl`): IoU, Region-Guided, answer (WordNet judge), format and
    the total per trajectory, boxes in original pixels; the paper's or the released variant.
@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec
 from zoomjax import hf
 from zoomjax.data import tokenizer as T
 from zoomjax.data.lrs_gro import LrsGroSource, Row, row_to_dict
-from zoomjax.eval import answers
+from zoomjax.eval import answers, figures
 from zoomjax.model.logprobs import token_entropy, token_logprobs
 from zoomjax.rl import grpo as G
 from zoomjax.rl.format import format_reward
@@ -349,8 +349,18 @@ def run(cfg: TrainConfig) -> dict:
                                        batch_size=cfg.eval.answer_batch)
     return done[step]
 
+  def zoom_images(params, step) -> dict:
+    """`eval.zoom_images` held-out questions of this step's evaluation, drawn (TensorBoard `eval/zoom`)."""
+    digest = held_out(params, step)
+    if not digest.get("path") or not cfg.eval.zoom_images:
+      return {}
+    ann = os.path.join(os.path.dirname(digest["path"]), "annotations.jsonl")
+    panels = answers.zoom_panels(Generator(model_cfg, params), tokenizer, ann, image_dir, eval_loop,
+                                 cfg.eval.zoom_images)
+    return {"zoom": np.asarray(figures.zoom_sheet_image(panels))} if panels else {}
+
   def evaluate(params, step) -> dict:
-    return answers.flat(held_out(params, step))
+    return {**answers.flat(held_out(params, step)), "images": zoom_images(params, step)}
 
   def finish(state, info) -> dict:
     out = {"data_root": root}
@@ -361,7 +371,7 @@ def run(cfg: TrainConfig) -> dict:
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,
                       eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True, require_tokens=False,
                       tokens_fn=lambda b: float(b["loss_mask"].sum()), finish=finish, tokenizer=tokenizer,
-                      loop_cfg=eval_loop)
+                      loop_cfg=eval_loop, images_fn=zoom_images if eval_rows else None)
 
 
 def _eval_rows(cfg: TrainConfig, root: str) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (`{"step": …, "loss": …}`)
 and one per evaluation (`{"step": …, "split": "eval", …}`). On resume the log is cut back to the
-restored step, so a run killed and restarted leaves the same file as an uninterrupted one.
+restored step, so a run killed and restarted leaves the same file as an uninterrupted one. Pictures
+(an evaluation's `images`) go to TensorBoard only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 
 
 def _plain(v: Any) -> Any:
@@ -75,11 +77,18 @@ class MetricsLogger:
       self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
 
   def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+    """One row of scalars. `metrics["images"]`, if present, maps tags to uint8[H, W, 3] pictures that go
+    to TensorBoard only (`{split}/{tag}`), not to the JSONL log."""
     if not self.active:
       return
+    metrics = dict(metrics)
+    images = metrics.pop("images", None) or {}
     row = {"step": int(step), **({"stage": self.stage} if self.stage else {}),
            **({"split": split} if split != "train" else {}),
            **{k: _plain(v) for k, v in metrics.items()}}
+    if self._tb is not None:
+      for tag, img in images.items():
+        self._tb.add_image(f"{split}/{tag}", np.asarray(img, np.uint8), int(step), dataformats="HWC")
     if self._fh is not None:
       self._fh.write(json.dumps(row) + "\n")
     if self._tb is not None:

@@ -28,14 +28,12 @@ import jax
 from zoomjax import hf
 from zoomjax.data import toy_earth
 from zoomjax.eval import figures
-from zoomjax.eval.answers import answer_eval, question_image
-from zoomjax.eval.loaders import GT_FRAME, load as load_questions, prompt_text
+from zoomjax.eval.answers import answer_eval, zoom_panels
 from zoomjax.rollout.generate import Generator
-from zoomjax.rollout.loop import LoopConfig, Request, rollout
+from zoomjax.rollout.loop import LoopConfig
 from zoomjax.train.config import TrainConfig
 from zoomjax.train.logger import read_jsonl
 
-ZOOM_PANELS = 4        # questions in zoom.png
 LEVELS = ("global", "region", "object")
 
 
@@ -69,7 +67,8 @@ def write_outcome(cfg: TrainConfig, summary: dict) -> dict:
   if os.path.isfile(metrics):
     out["curves"] = figures.learning_curves(read_jsonl(metrics), os.path.join(run_dir, "curves.png"),
                                             title=os.path.basename(run_dir))
-  out["zoom_png"] = _zoom_png(gen, tokenizer, ann, image_dir, loop, os.path.join(run_dir, "zoom.png"))
+  panels = zoom_panels(gen, tokenizer, ann, image_dir, loop)
+  out["zoom_png"] = figures.zoom_sheet(panels, os.path.join(run_dir, "zoom.png")) if panels else None
   return out
 
 
@@ -98,30 +97,3 @@ def _table(run_dir: str, out: dict) -> str:
     fh.write("Held-out answers (`zoomjax.eval score` metrics; APO IoU on questions with a GT box)\n\n")
     fh.write("\n".join(lines) + "\n")
   return path
-
-
-def _zoom_png(gen, tokenizer, ann: str, image_dir: str, loop: LoopConfig, path: str) -> str | None:
-  """Up to ZOOM_PANELS held-out questions -> zoom.png: region and object questions (with a GT box)
-  alternately first, then any others."""
-  questions, _ = load_questions(ann, "lrs_gro")
-  boxed = [[q for q in questions if q.bbox and q.type == t] for t in ("region", "object")]
-  picked = [q for pair in zip(*boxed) for q in pair]
-  picked += [q for q in questions if q not in picked]
-  picked = picked[:ZOOM_PANELS]
-  if not picked:
-    return None
-  trajs = rollout(gen, tokenizer, [Request(question_image(image_dir, q), prompt_text(q)) for q in picked], loop)
-  panels = []
-  for q, t in zip(picked, trajs):
-    view_w, view_h = t.info["view_size"]
-    s = max(view_w, view_h) / GT_FRAME
-    panels.append({"view": _view(question_image(image_dir, q), loop),
-                   "boxes_global": [b for b in t.boxes_global if b is not None], "crops": t.crops,
-                   "answer": t.answer, "question": q.question, "truth": q.ground_truth,
-                   "gt_box_global": [v * s for v in q.bbox] if q.bbox else None})
-  return figures.zoom_sheet(panels, path)
-
-
-def _view(image_path: str, loop: LoopConfig):
-  from zoomjax.rollout.tools import SceneImage
-  return SceneImage.open(image_path, long_side=loop.long_side).view

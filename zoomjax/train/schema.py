@@ -259,6 +259,9 @@ class EvalSection:
     max_new_tokens: generation budget per decoding stage.
     outcome: after the last stage (when answers were evaluated): the zoom-off ablation and the image-blind
       baseline on the same questions, `results.md`, `curves.png` and `zoom.png` (`zoomjax.train.outcome`).
+    zoom_images: at each held-out answer evaluation of a GRPO stage, this many of its questions answered
+      again and drawn (view, the model's boxes, crops, GT box) as the TensorBoard image `eval/zoom`
+      (0 = off).
   """
 
   every: int = 0
@@ -267,9 +270,11 @@ class EvalSection:
   answer_batch: int = 16
   max_new_tokens: int = 256
   outcome: bool = True
+  zoom_images: int = 4
 
   def validate(self, key: str) -> None:
     _non_negative(f"{key}.every", self.every)
+    _non_negative(f"{key}.zoom_images", self.zoom_images)
     _non_negative(f"{key}.batches", self.batches)
     _non_negative(f"{key}.answers", self.answers)
     _positive(f"{key}.answer_batch", self.answer_batch)
