@@ -26,8 +26,8 @@ up to the rows' lengths. `t_read` = the time of one jitted reduction over arrays
 matrix-vector products over the same arrays when those are faster (the bandwidth printed is the better
 of the two; the reduction's alone beside it). Memory roofline =
 `B / t_read` tokens/s; "% roofline" = achieved / that. A compute floor is printed beside it: FLOPs per step
-(2 per multiply-add of every weight matrix, the head included, and of attention) over the FLOP/s of a
-jitted 1024^3 float32 matmul in the same rounds; at batch >= 8 in float32 it, not the bandwidth, bounds
+(2 per multiply-add of every weight matrix, the head included, and of attention) over the peak
+every MFU in zoomjax uses (`zoomjax.train.flops.measure_matmul_peak`), measured in the same rounds; at batch >= 8 in float32 it, not the bandwidth, bounds
 a 2-core CPU.
 
 `--top-p P`: sample instead (temperature 1, nucleus P, no top-k) on both sides (`do_sample=True, top_p=P,
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
   from zoomjax import hf
   from zoomjax.model import reference as ref_lib
   from zoomjax.rollout.generate import GREEDY, Generator, ImageInput, Sampling
+  from zoomjax.train import flops
 
   import jax.numpy as jnp
 
@@ -148,8 +149,6 @@ def main(argv=None) -> int:
   # a GEMV does): each array as [rows, -1], multiplied by a ones row vector
   gemv = jax.jit(lambda arrs: sum(jnp.sum(jnp.ones((1, a.shape[0]), a.dtype) @ a.reshape(a.shape[0], -1))
                                   for a in arrs))
-  matmul = jax.jit(lambda a: a @ a)
-  square = jnp.ones((1024, 1024), jnp.float32)
 
   def timed(f, *a, reps=5):
     jax.block_until_ready(f(*a))
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
     run_torch(rows, ims, 2)
     tj = {1: [], n: []}
     tt = {1: [], n: []}
-    t_read, t_gemv, t_mm = [], [], []
+    t_read, t_gemv, peaks = [], [], []
     ts = {1: [], n: []}
     if args.also_scanned:
       run_jax(rows, ims, n, g=gen_scan)
@@ -187,15 +186,15 @@ def main(argv=None) -> int:
         dt, ttoks = run_torch(rows, ims, k)
         tt[k].append(dt)
       t_read.append(timed(read, lang + [kv]))
-      t_gemv.append(timed(gemv, [a for a in lang if a.ndim >= 2] + [kv.reshape(-1, 512)]))
-      t_mm.append(timed(matmul, square))
+      t_gemv.append(timed(gemv, [a for a in lang if a.ndim >= 2] + [kv.reshape(-1, t.num_key_value_heads * t.head_dim)]))
+      peaks.append(flops.measure_matmul_peak())
     same = sum(a == c for a, c in zip(jtoks, ttoks))
     jd = statistics.median(tj[n]) - statistics.median(tj[1])
     td = statistics.median(tt[n]) - statistics.median(tt[1])
     jtps = b * (n - 1) / jd
     bw = step_bytes / min(statistics.median(t_read), statistics.median(t_gemv))
     bw_red = step_bytes / statistics.median(t_read)
-    peak = 2 * 1024 ** 3 / statistics.median(t_mm)
+    peak = statistics.median(peaks)
     if args.also_scanned:
       sd = statistics.median(ts[n]) - statistics.median(ts[1])
       scanned.append((b, b * (n - 1) / sd, jtps))

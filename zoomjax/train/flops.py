@@ -11,6 +11,9 @@ Counts matmul FLOPs (2 per multiply-add) of the shapes the step actually runs:
   which trains, is counted at 3x).
 
 Padding tokens and padding patches are counted (they are computed); MFU = FLOPs / (time * peak * chips).
+The count is checked against XLA's own (`cost_analysis`) in tests/test_flops.py. The peak: a vendor's
+dense bf16 figure per accelerator chip (`PEAK_FLOPS`), or on CPU the measured fp32 matmul rate
+(`measure_matmul_peak`), the same function in training runs and in every benchmark.
 """
 
 from __future__ import annotations
@@ -83,9 +86,11 @@ def device_peak_flops(device=None) -> tuple[float, str]:
   return 0.0, f"unknown device kind {device.device_kind!r}"
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
-  """Best FLOP/s of a jitted n x n x n matmul chain on the default device (whole host on CPU)."""
+def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
+  """THE peak of every MFU in zoomjax where no vendor figure applies (CPU): the best FLOP/s, over
+  `repeats` timed calls after one warm-up, of one jitted program that chains k = 8 n x n x n `dtype`
+  matmuls on the default device (on CPU: every core, as XLA's client uses them). Benchmarks call this
+  (uncached, in their own rounds); training runs the cached `measured_matmul_peak`."""
   import jax
   import jax.numpy as jnp
   k = 8
@@ -104,3 +109,6 @@ def measured_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5
     chain(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2.0 * n ** 3 * k / best
+
+
+measured_matmul_peak = functools.lru_cache(maxsize=None)(measure_matmul_peak)
