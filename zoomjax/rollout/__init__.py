@@ -3,6 +3,7 @@
     from zoomjax.rollout import parse_crop_request           # never raises (SPEC §8; zoomjax.protocol.parse)
     from zoomjax.rollout import tools                         # tool registry
     from zoomjax.rollout.generate import Generator, Sampling  # KV-cache generator (imports JAX)
+    from zoomjax.rollout.sampling import sample_tokens        # the sampling rule the decoder uses
     from zoomjax.rollout.loop import rollout, LoopConfig, Request
     from zoomjax.rollout.trajectory import Trajectory
 
