@@ -57,6 +57,7 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
   import torch
+  torch.set_num_threads(os.cpu_count() or 1)   # the threads XLA's CPU client uses: the same on both sides
 
   from zoomjax import hf
   from zoomjax.model import reference as ref_lib

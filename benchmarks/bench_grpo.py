@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _released_rollout(model, tok, requests, group: int, cfg, max_new: int):
-  """The released trainer's rollout with transformers `generate`; returns sampled tokens."""
+  """The released trainer's rollout with transformers `generate`; returns (sampled tokens, zooms)."""
   import numpy as np
   import torch
 
@@ -69,7 +69,7 @@ def _released_rollout(model, tok, requests, group: int, cfg, max_new: int):
       rows.append(r[:cut])
     return rows
 
-  sampled = 0
+  sampled = zooms = 0
   for req in requests:
     scene = SceneImage.open(req.image, long_side=cfg.long_side)
     view = image_in(scene.view)
@@ -86,7 +86,8 @@ def _released_rollout(model, tok, requests, group: int, cfg, max_new: int):
       crop_ids, _ = P.encode_segments(P.released_crop_segments(), enc, [num_image_tokens(crop[1])], pad_id)
       (s2,) = generate(ids + body + crop_ids, [view, crop], 1)   # stage 2: one sample at a time
       sampled += len(s2)
-  return sampled
+      zooms += 1
+  return sampled, zooms
 
 
 def _step_split(run_dir: str) -> dict:
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
 
   def ours(seed):
     trajs = rollout(gen, tok, grouped, cfg, seed=seed, group_size=args.group)
-    return sum(t.num_generated for t in trajs)
+    return sum(t.num_generated for t in trajs), sum(bool(t.crops) for t in trajs)
 
   def theirs(seed):
     torch.manual_seed(seed)
@@ -152,18 +153,21 @@ def main(argv=None) -> int:
   for i in range(args.rounds):
     for name, fn in (("zoomjax", ours), ("released", theirs)):
       t = time.perf_counter()
-      n = fn(i + 1)
-      res[name].append((n, time.perf_counter() - t))
-  tps = {k: statistics.median(n / s for n, s in v) for k, v in res.items()}
+      n, z = fn(i + 1)
+      res[name].append((n, time.perf_counter() - t, z))
+  tps = {k: statistics.median(n / s for n, s, _ in v) for k, v in res.items()}
+  total = args.prompts * args.group
   print(f"model {model_dir} ({model_cfg.text.num_hidden_layers} x {model_cfg.text.hidden_size}); "
         f"{args.prompts} prompts x G={args.group}, <= {args.new_tokens} new tokens per stage, T=1; "
         f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
-  print("| rollout | sampled tokens (median) | wall s (median) | tokens/s | speed-up |")
-  print("|---|---|---|---|---|")
+  print("| rollout | sampled tokens (median) | trajectories that zoomed (all rounds) | wall s (median) | tokens/s "
+        "| speed-up |")
+  print("|---|---|---|---|---|---|")
   for k in ("released", "zoomjax"):
-    n = statistics.median(x for x, _ in res[k])
-    s = statistics.median(y for _, y in res[k])
-    print(f"| {k} | {n:.0f} | {s:.2f} | {tps[k]:.1f} | {tps[k] / tps['released']:.2f}x |")
+    n = statistics.median(x for x, _, _ in res[k])
+    s = statistics.median(y for _, y, _ in res[k])
+    z = sum(c for _, _, c in res[k])
+    print(f"| {k} | {n:.0f} | {z} / {total * args.rounds} | {s:.2f} | {tps[k]:.1f} | {tps[k] / tps['released']:.2f}x |")
   split = _step_split(args.run)
   if split:
     print(f"\nGRPO step ({args.run}, {split['steps']} logged intervals): {split['step_s']:.2f} s/step, rollout "
