@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     else:
       tt.append(dt)
   t_peak = torch_matmul_peak()
-  peak = jax_peak  # the one peak every MFU in zoomjax uses (flops.measured_matmul_peak); torch's is shown beside
+  peak = jax_peak  # the one peak of every zoomjax MFU (flops.measured_matmul_peak); torch's is shown beside
 
   # ------------------------------------------------------------------ report
   jm, tmed = statistics.median(jt), statistics.median(tt)

@@ -22,7 +22,8 @@ def test_lm_flops_match_xla_cost_analysis():
   base = ModelConfig.tiny(vocab_size=4096)
   cfg = dataclasses.replace(
       base, scan_layers=False,
-      text=dataclasses.replace(base.text, hidden_size=256, intermediate_size=768, head_dim=64, mrope_section=(8, 12, 12)),
+      text=dataclasses.replace(base.text, hidden_size=256, intermediate_size=768, head_dim=64,
+                               mrope_section=(8, 12, 12)),
       vision=dataclasses.replace(base.vision, out_hidden_size=256))
   params = Q.init_params(cfg, jax.random.PRNGKey(0))
   B, T = 2, 128

@@ -65,7 +65,7 @@ def test_embedded_pipeline_small(tmp_path):
   assert load_config(str(run / "config.yaml")) == cfg and load_config(str(run / "config_grpo.yaml")).algo == "grpo"
   assert glob.glob(str(run / "tb" / "sft" / "events.out.tfevents.*"))
   assert glob.glob(str(run / "tb" / "grpo" / "events.out.tfevents.*"))
-  # GRPO's final held-out evaluation (then.eval.every=0: the only one) drew its 2 questions' zoom into TensorBoard
+  # GRPO's final held-out evaluation (then.eval.every=0: the only one) drew its 2 questions into TensorBoard
   pics = _tb.images(str(run / "tb" / "grpo"))
   assert sorted(pics) == [("eval/zoom", 2)]
   assert all(p.ndim == 3 and p.shape[0] > 2 * 200 and p.shape[2] == 3 for p in pics.values())

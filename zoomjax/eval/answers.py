@@ -2,7 +2,7 @@
 
     loop_answer_fn(generator, tokenizer, image_dir, loop_cfg, model_cfg) -> answer_fn
     report = answer_eval(generator, tokenizer, rows, image_dir, loop_cfg, out_dir)
-    panels = zoom_panels(generator, tokenizer, annotations_path, image_dir, loop_cfg)   # for figures.zoom_sheet
+    panels = zoom_panels(generator, tokenizer, annotations_path, image_dir, loop_cfg)  # -> figures.zoom_sheet
 
 `loop_answer_fn` is the `answer_fn` of `zoomjax.eval.run.run`: greedy rollouts of a batch of questions,
 one predictions row each (`prediction_row`: answer, box in the 1024 frame, turns, visual tokens).

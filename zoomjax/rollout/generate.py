@@ -62,7 +62,8 @@ from zoomjax.model.buckets import round_up
 from zoomjax.model.config import ModelConfig
 from zoomjax.model.inputs import prepare_extend
 from zoomjax.model.qwen2_5_vl import unstack_layers
-from zoomjax.rollout.sampling import GREEDY, Sampling, sample_tokens  # noqa: F401  (GREEDY, Sampling: public here too)
+# GREEDY and Sampling are also public here (`from zoomjax.rollout.generate import Sampling`).
+from zoomjax.rollout.sampling import GREEDY, Sampling, sample_tokens  # noqa: F401
 
 FINISH_REASONS = ("stop", "length", "cut", "idle")
 

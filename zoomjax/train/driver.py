@@ -150,7 +150,8 @@ def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *
               logger.log(info["final_step"], summary["eval"], split="eval")
             if summary.get("answers"):
               images = images_fn(state.params, info["final_step"]) if images_fn is not None else {}
-              logger.log(info["final_step"], {**answers.flat(summary["answers"]), "images": images}, split="eval")
+              logger.log(info["final_step"], {**answers.flat(summary["answers"]), "images": images},
+                         split="eval")
       finally:
         logger.close()
   finally:

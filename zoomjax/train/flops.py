@@ -87,7 +87,7 @@ def device_peak_flops(device=None) -> tuple[float, str]:
 
 
 def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
-  """THE peak of every MFU in zoomjax where no vendor figure applies (CPU): the best FLOP/s, over
+  """The peak of every MFU in zoomjax where no vendor figure applies (CPU): the best FLOP/s, over
   `repeats` timed calls after one warm-up, of one jitted program that chains k = 8 n x n x n `dtype`
   matmuls on the default device (on CPU: every core, as XLA's client uses them). Benchmarks call this
   (uncached, in their own rounds); training runs the cached `measured_matmul_peak`."""

@@ -9,8 +9,8 @@ One optimizer step (μ = `grpo.inner_steps` steps per rollout batch):
    G times, through `zoomjax.rollout.loop.rollout` with a `Generator` over `state.params` (no copy of the
    weights), sampling at `grpo.temperature`; each group's image, vision tower and prompt prefill run once
    and the KV prefix is copied into its G rows (`group_size=G`). The *model* decides whether and where to
-   crop. Trajectories are token-exact: the sampled ids, the loss mask (prompt, image and tool-response tokens 0), the
-   sampler's log-probs, the images with their grids.
+   crop. Trajectories are token-exact: the sampled ids, the loss mask (prompt, image and tool-response
+   tokens 0), the sampler's log-probs, the images with their grids.
 2. **Reward** (host + jit kernels, `zoomjax.rl`): IoU, Region-Guided, answer (WordNet judge), format and
    the total per trajectory, boxes in original pixels; the paper's or the released variant.
 3. **Advantages** (`zoomjax.rl.grpo.group_advantages`): per group of G; budget-stopped (over-long)
