@@ -59,6 +59,7 @@ def test_overrides(arg, key, value):
     ("distributed.enabled=maybe", "distributed.enabled: expected one of [True, False, 'auto'], got 'maybe'"),
     ("data.eval_fraction=2", "data.eval_fraction: must lie in [0.0, 0.9], got 2.0"),
     ("optim.lr.x=1", "optim.lr: expected a number, got {'x': 1} (dict)"),
+    ("eval.zoom_images=-1", "eval.zoom_images: must be >= 0, got -1"),
 ])
 def test_validation_errors_name_key_and_value(arg, message):
   with pytest.raises(C.ConfigError) as e:
