@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     rows, ims = prompts(b)
     mean_len = len(rows[0]) + n / 2
     kv = jnp.ones((2 * t.num_hidden_layers * b * int(mean_len) * t.num_key_value_heads * t.head_dim,), jnp.float32)
+    kv_rows = kv.reshape(-1, t.num_key_value_heads * t.head_dim)   # the KV bytes as GEMV rows
     step_bytes = w_bytes + kv.nbytes
     step_flops = b * (w_flops + 4 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * mean_len)
     run_jax(rows, ims, n)          # warm-up: compiles extend and the decode loops
@@ -186,7 +187,6 @@ def main(argv=None) -> int:
         dt, ttoks = run_torch(rows, ims, k)
         tt[k].append(dt)
       t_read.append(timed(read, lang + [kv]))
-      kv_rows = kv.reshape(-1, t.num_key_value_heads * t.head_dim)
       t_gemv.append(timed(gemv, [a for a in lang if a.ndim >= 2] + [kv_rows]))
       peaks.append(flops.measure_matmul_peak())
     same = sum(a == c for a, c in zip(jtoks, ttoks))

@@ -336,42 +336,40 @@ def run(cfg: TrainConfig) -> dict:
                          max_new_tokens=gc.max_new_tokens, max_total_tokens=cfg.data.seq_len, max_pixels=max_pixels,
                          batch_size=cfg.eval.answer_batch)
 
-  done: dict[int, dict] = {}
+  done: dict[int, tuple[dict, dict]] = {}
 
-  def held_out(params, step) -> dict:
-    """The held-out answers digest (process 0; {} without questions); the final step's is computed once."""
+  def held_out(params, step) -> tuple[dict, dict]:
+    """(answers digest, pictures) of the held-out evaluation at `step`, computed once per step with one
+    `Generator` (process 0; ({}, {}) without questions). The pictures: `eval.zoom_images` of the questions
+    answered again and drawn (TensorBoard `eval/zoom`)."""
     if not eval_rows or jax.process_index() != 0:
-      return {}
+      return {}, {}
     if step not in done:
       done.clear()
-      done[step] = answers.answer_eval(Generator(model_cfg, params), tokenizer, eval_rows, image_dir, eval_loop,
-                                       os.path.join(run_dir, "answers", f"step_{step}"), model_cfg=model_cfg,
-                                       batch_size=cfg.eval.answer_batch)
+      gen = Generator(model_cfg, params)
+      out_dir = os.path.join(run_dir, "answers", f"step_{step}")
+      digest = answers.answer_eval(gen, tokenizer, eval_rows, image_dir, eval_loop, out_dir,
+                                   model_cfg=model_cfg, batch_size=cfg.eval.answer_batch)
+      panels = (answers.zoom_panels(gen, tokenizer, os.path.join(out_dir, "annotations.jsonl"), image_dir,
+                                    eval_loop, cfg.eval.zoom_images) if cfg.eval.zoom_images else [])
+      done[step] = digest, ({"zoom": np.asarray(figures.zoom_sheet_image(panels))} if panels else {})
     return done[step]
 
-  def zoom_images(params, step) -> dict:
-    """`eval.zoom_images` held-out questions of this step's evaluation, drawn (TensorBoard `eval/zoom`)."""
-    digest = held_out(params, step)
-    if not digest.get("path") or not cfg.eval.zoom_images:
-      return {}
-    ann = os.path.join(os.path.dirname(digest["path"]), "annotations.jsonl")
-    panels = answers.zoom_panels(Generator(model_cfg, params), tokenizer, ann, image_dir, eval_loop,
-                                 cfg.eval.zoom_images)
-    return {"zoom": np.asarray(figures.zoom_sheet_image(panels))} if panels else {}
-
   def evaluate(params, step) -> dict:
-    return {**answers.flat(held_out(params, step)), "images": zoom_images(params, step)}
+    digest, images = held_out(params, step)
+    return {**answers.flat(digest), "images": images}
 
   def finish(state, info) -> dict:
     out = {"data_root": root}
     if eval_rows:
-      out["answers"] = held_out(state.params, info["final_step"])
+      out["answers"] = held_out(state.params, info["final_step"])[0]
     return out
 
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,
                       eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True, require_tokens=False,
                       tokens_fn=lambda b: float(b["loss_mask"].sum()), finish=finish, tokenizer=tokenizer,
-                      loop_cfg=eval_loop, images_fn=zoom_images if eval_rows else None)
+                      loop_cfg=eval_loop,
+                      images_fn=(lambda params, step: held_out(params, step)[1]) if eval_rows else None)
 
 
 def _eval_rows(cfg: TrainConfig, root: str) -> list[dict]:
