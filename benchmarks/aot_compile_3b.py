@@ -61,10 +61,11 @@ def ensure_libtpu(cache_dir: str | None = None) -> str | None:
 
 
 def _piece_shapes(model_cfg, seq_len: int, max_patches: int, max_images: int, image_side: int,
-                  extra: bool = False) -> dict:
-  """Device-input shapes of one realistic sequence (its images of `image_side` px, text filling T)."""
+                  extra: bool = False):
+  """The device piece of one realistic sequence (its images of `image_side` px, text filling T)."""
   import numpy as np
   from zoomjax.train import batching
+  from zoomjax.train.pieces import GrpoPiece, Piece
   g = image_side // model_cfg.vision.patch_size
   grid = np.zeros((max_images, 3), np.int32)
   grid[:] = (1, g, g)
@@ -75,12 +76,10 @@ def _piece_shapes(model_cfg, seq_len: int, max_patches: int, max_images: int, im
            "loss_mask": np.ones((1, seq_len), np.int32),
            "pixel_values": np.zeros((int(grid.prod(-1).sum()), model_cfg.vision.patch_dim), np.float32),
            "image_grid_thw": grid}
-  keys = ()
   if extra:  # GRPO pieces: the sampler's and the reference's log-probs, the advantage
     piece.update(logp_old=np.zeros((1, seq_len), np.float32), logp_ref=np.zeros((1, seq_len), np.float32),
                  advantage=np.zeros((1,), np.float32))
-    keys = ("logp_old", "logp_ref", "advantage")
-  return batching.model_inputs(model_cfg, piece, max_patches, keys)
+  return batching.make_piece(model_cfg, piece, max_patches, GrpoPiece if extra else Piece)
 
 
 def _memory(compiled) -> dict:
@@ -125,7 +124,7 @@ def compile_step(topology: str, config: str, overrides: list[str], image_side: i
     compiled = lowered.compile()
     ref = None
     if is_grpo:  # the frozen reference's log-probs over the same batch (a forward, no gradient)
-      ref_fn = setup.piece_fn(lambda logits, pc: token_logprobs(logits, pc["input_ids"], cfg.grpo.temperature))
+      ref_fn = setup.piece_fn(lambda logits, pc: token_logprobs(logits, pc.input_ids, cfg.grpo.temperature))
       ref = _memory(ref_fn.lower(setup.abstract_state.params, batch).compile())
   t2 = time.perf_counter()
   n_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(setup.abstract_state.params))

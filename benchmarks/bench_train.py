@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   stream.close()
   step_flops = flops.step_flops(model_cfg, args.batch, args.seq_len, args.batch * int(ds.grid.prod()),
                                 float(ds.grid.prod()))
-  valid = [float(b["attention_mask"].sum()) for b in batches]
+  valid = [float(b.attention_mask.sum()) for b in batches]
 
   # ------------------------------------------------------------------ zoomjax
   with trainer.mesh_ctx(setup):

@@ -25,6 +25,7 @@ from zoomjax.rollout.loop import LoopConfig, Request, rollout
 from zoomjax.train import batching, harness, mesh as mesh_lib
 from zoomjax.train import grpo as train_grpo
 from zoomjax.train.config import load_config
+from zoomjax.train.pieces import GrpoPiece
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -189,11 +190,11 @@ def test_learner_reproduces_sampler_logprobs_and_masks_the_gradient(world, traje
   tok, cfg, gen = world
   t = trajectories[0]
   pieces = _pieces([t], cfg, SEQ, 1)
-  inputs = batching.model_inputs(cfg, pieces[0], _patches([t]), train_grpo.EXTRA_KEYS)
+  inputs = batching.make_piece(cfg, pieces[0], _patches([t]), GrpoPiece)
   step = jax.tree_util.tree_map(lambda x: jnp.asarray(x), inputs)
   fn = harness.piece_map(cfg, lambda logits, piece: logits)
   logits = fn(gen.params, jax.tree_util.tree_map(lambda x: x[None, None], step))[0, 0]
-  lp = np.asarray(token_logprobs(logits, step["input_ids"]))[0, :len(t.token_ids)]
+  lp = np.asarray(token_logprobs(logits, step.input_ids))[0, :len(t.token_ids)]
   m = t.loss_mask == 1
   assert m.sum() > 10 and (t.loss_mask == 0).sum() > 100      # prompt, 3 images and 2 tool responses masked
   np.testing.assert_allclose(lp[m], t.logprobs[m], atol=1e-4)
@@ -211,8 +212,7 @@ def _one_step(cfg, model_cfg, params, pieces, mesh, max_patches):
   setup = harness.build(cfg, model_cfg, train_grpo.make_objective(cfg.grpo), mesh=mesh)
   s = batching.num_shards(mesh)
   layout = (1, s, len(pieces) // s)
-  host = batching.assemble(pieces, layout, lambda pc: batching.model_inputs(model_cfg, pc, max_patches,
-                                                                            train_grpo.EXTRA_KEYS))
+  host = batching.assemble(pieces, layout, lambda pc: batching.make_piece(model_cfg, pc, max_patches, GrpoPiece))
   state = harness.init_train_state(setup, lambda: jax.device_put(params, setup.shardings.params))
   with harness.mesh_ctx(setup):
     state, metrics = setup.train_step(state, batching.to_global(host, mesh))

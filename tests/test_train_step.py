@@ -225,7 +225,7 @@ def test_pieces_with_different_image_sizes_assemble_into_one_batch():
             "pixel_values": np.zeros((n, 1176), np.float32),
             "image_grid_thw": np.asarray([grid], np.int32) if grid is not None else np.zeros((0, 3), np.int32)}
   pieces = [piece((1, 16, 16)), piece((1, 4, 4)), piece(None)]
-  spans = [batching.model_inputs(cfg, p, 256)["vision"]["full_span"].shape[0] for p in pieces]
+  spans = [batching.make_piece(cfg, p, 256).vision["full_span"].shape[0] for p in pieces]
   assert len(set(spans)) > 1
-  out = batching.assemble(pieces, (3,), lambda p: batching.model_inputs(cfg, p, 256))
-  assert out["vision"]["full_span"].shape == (3, max(spans)) and out["input_ids"].shape == (3, 1, 80)
+  out = batching.assemble(pieces, (3,), lambda p: batching.make_piece(cfg, p, 256))
+  assert out.vision["full_span"].shape == (3, max(spans)) and out.input_ids.shape == (3, 1, 80)

@@ -2,6 +2,7 @@
 
     config.py     frozen-dataclass run config, YAML + dotted overrides, validation (`load_config`)
     mesh.py       the (data, fsdp, tensor) mesh and logical-axis rules
+    pieces.py     the typed single-sequence pieces (Piece, GrpoPiece; flax.struct pytrees)
     batching.py   a global batch as [A, S, b] single-sequence pieces; placement (multi-process aware)
     data.py       StepStream over the grain SFT pipeline (exact resume); the synthetic copy task
     sources.py    which data (`data.kind`), streams, held-out evaluation

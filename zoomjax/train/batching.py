@@ -5,16 +5,19 @@ A global batch of `B` sequences is laid out as `A x S x b`: `A` gradient-accumul
 *piece* of its own: its tokens (`[1, T]`), its images' pixels padded to a fixed per-sequence budget
 (`[max_patches, 1176]`) and the host-side model inputs computed for it alone (M-RoPE ids, image-token
 gather rows, vision window order and attention segments), so every index stays local to the sequence
-and the vision tower's attention never spans two sequences' patches. On device every leaf has shape
-`[A, S, b, ...]` with axis 1 sharded over `("data", "fsdp")`: a device holds, and runs the vision tower
-on, its own sequences' images only. The step scans over `A` and vmaps the model over `S` and `b`.
+and the vision tower's attention never spans two sequences' patches. On device the batch is one
+`zoomjax.train.pieces.Piece` whose every leaf has shape `[A, S, b, ...]` with axis 1 sharded over
+`("data", "fsdp")`: a device holds, and runs the vision tower on, its own sequences' images only. The
+step scans over `A` and vmaps the model over `S` and `b`.
 
 With several processes, process `p` builds only the pieces of its devices' shards, and
 `jax.make_array_from_process_local_data` assembles the global arrays.
 
-Piece format (numpy, one sequence, as `zoomjax.data.pipeline.collate_sft` returns it for a batch of 1):
+Host piece (numpy, one sequence, as `zoomjax.data.pipeline.collate_sft` returns it for a batch of 1):
   input_ids int32[1, T], attention_mask int32[1, T], loss_mask int32[1, T],
-  pixel_values float32[max_patches, 1176], image_grid_thw int32[max_images, 3] (zero rows = padding).
+  pixel_values float32[max_patches, 1176], image_grid_thw int32[max_images, 3] (zero rows = padding),
+  plus the fields a `Piece` subclass adds (GRPO: `logp_old`, `logp_ref`, `advantage`).
+`make_piece` turns it into the device piece, a typed `zoomjax.train.pieces.Piece`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomjax.train.mesh import BATCH_AXES
-
-TEXT_KEYS = ("input_ids", "attention_mask", "loss_mask")
+from zoomjax.train.pieces import Piece
 
 
 def pad_rows(x: np.ndarray, rows: int, what: str) -> np.ndarray:
@@ -40,30 +42,31 @@ def pad_rows(x: np.ndarray, rows: int, what: str) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)])
 
 
-def model_inputs(model_cfg, piece: dict, num_patches: int, extra: Sequence[str] = ()) -> dict[str, Any]:
-  """Device inputs of one piece: `prepare_inputs` output (minus rope deltas), loss mask, pixel values,
-  and the piece's `extra` keys as they are (e.g. GRPO's `logp_old float32[1, T]`, `advantage float32[1]`).
+def make_piece(model_cfg, host: dict, num_patches: int, kind: type[Piece] = Piece) -> Piece:
+  """The device piece of one host piece: `prepare_inputs` (minus rope deltas), the loss mask, the pixel
+  values padded to `num_patches`, and the fields `kind` adds to `Piece` taken from `host` as they are
+  (`GrpoPiece`: `logp_old float32[1, T]`, `logp_ref float32[1, T]`, `advantage float32[1]`).
 
-  `num_patches` is the static per-sequence patch budget (0 = text only: no pixel values, no vision keys).
+  `num_patches` is the static per-sequence patch budget (0 = text only: no pixel values, no vision).
   """
   from zoomjax.model.inputs import prepare_inputs
-  grid = piece.get("image_grid_thw")
+  grid = host.get("image_grid_thw")
   has_vision = num_patches > 0
+  pv = vision = None
   if has_vision:
-    pv = pad_rows(np.asarray(piece["pixel_values"], np.float32), num_patches, "pixel_values")
+    pv = pad_rows(np.asarray(host["pixel_values"], np.float32), num_patches, "pixel_values")
     grid = np.zeros((1, 3), np.int32) if grid is None or len(grid) == 0 else np.asarray(grid, np.int32)
-  inputs = prepare_inputs(model_cfg, piece["input_ids"], piece["attention_mask"],
+  inputs = prepare_inputs(model_cfg, host["input_ids"], host["attention_mask"],
                           grid if has_vision else None, pad_patches_to=num_patches if has_vision else None)
-  out = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "image_index")}
-  out["loss_mask"] = np.asarray(piece["loss_mask"], np.int32)
-  out.update({k: np.asarray(piece[k]) for k in extra})
   if has_vision:
-    if "vision" not in inputs:  # a piece with no real image: metadata of an all-padding patch block
+    vision = inputs.get("vision")
+    if vision is None:  # a piece with no real image: metadata of an all-padding patch block
       from zoomjax.model.vision import vision_metadata
-      inputs["vision"] = vision_metadata(model_cfg.vision, np.zeros((1, 3), np.int32), pad_patches_to=num_patches)
-    out["vision"] = inputs["vision"]
-    out["pixel_values"] = pv
-  return out
+      vision = vision_metadata(model_cfg.vision, np.zeros((1, 3), np.int32), pad_patches_to=num_patches)
+  return kind(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+              position_ids=inputs["position_ids"], image_index=inputs["image_index"],
+              loss_mask=np.asarray(host["loss_mask"], np.int32), vision=vision, pixel_values=pv,
+              **{k: np.asarray(host[k]) for k in kind.extra_fields()})
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -71,24 +74,24 @@ def stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
 
 
-def _common_span(trees: list) -> list:
+def _common_span(pieces: list[Piece]) -> list[Piece]:
   """The vision metadata's `full_span` (a static bound >= each piece's longest image, see
   `model.vision.vision_metadata`) differs between pieces whose images differ in size (a view and a larger
   crop, a blank padding piece): every piece gets the largest, which bounds them all."""
-  spans = [t["vision"]["full_span"].shape[0] for t in trees if isinstance(t, dict) and "vision" in t]
+  spans = [p.vision["full_span"].shape[0] for p in pieces if p.vision is not None]
   if len(set(spans)) <= 1:
-    return trees
+    return pieces
   top = max(spans)
-  return [{**t, "vision": {**t["vision"], "full_span": np.zeros(top, np.int32)}} if "vision" in t else t
-          for t in trees]
+  return [p.replace(vision={**p.vision, "full_span": np.zeros(top, np.int32)}) if p.vision is not None else p
+          for p in pieces]
 
 
-def assemble(pieces: Sequence[dict], shape: tuple[int, ...], to_device_inputs) -> dict:
-  """`prod(shape)` host pieces (row-major over `shape`, e.g. `(A, S_local, b)`) -> one tree whose
-  leaves are `[*shape, ...]`."""
+def assemble(pieces: Sequence[dict], shape: tuple[int, ...], to_piece) -> Piece:
+  """`prod(shape)` host pieces (row-major over `shape`, e.g. `(A, S_local, b)`) -> one `Piece` (`to_piece`
+  of each, e.g. `make_piece`) whose leaves are `[*shape, ...]`."""
   if len(pieces) != int(np.prod(shape)):
     raise ValueError(f"{len(pieces)} pieces do not fill the layout {shape}")
-  flat = stack(_common_span([to_device_inputs(p) for p in pieces]))
+  flat = stack(_common_span([to_piece(p) for p in pieces]))
   return jax.tree_util.tree_map(lambda x: x.reshape(tuple(shape) + x.shape[1:]), flat)
 
 
@@ -101,8 +104,9 @@ def num_shards(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def to_global(local: dict, mesh: Mesh) -> dict:
-  """Process-local `[A, S_local, b, ...]` numpy tree -> global `[A, S, b, ...]` jax arrays on `mesh`."""
+def to_global(local: Piece, mesh: Mesh) -> Piece:
+  """Process-local `[A, S_local, b, ...]` numpy tree (a `Piece`) -> global `[A, S, b, ...]` jax arrays on
+  `mesh`."""
   sharding = batch_sharding(mesh)
   s = num_shards(mesh)
 

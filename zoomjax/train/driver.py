@@ -28,6 +28,7 @@ from zoomjax.eval import answers
 from zoomjax.train import checkpoint, harness
 from zoomjax.train.config import ConfigError, TrainConfig, save_config
 from zoomjax.train.logger import MetricsLogger
+from zoomjax.train.pieces import Piece
 
 INFER_DEFAULTS_FILE = hf.INFER_DEFAULTS_FILE
 
@@ -114,7 +115,7 @@ def _write_summary(run_dir: str, summary: dict, stage: str) -> None:
 
 def drive(cfg: TrainConfig, setup: harness.Setup, source: harness.BatchSource, *, stage: str,
           params_fn: Callable[[], Any] | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
-          flops_fn: Callable[[dict], float] | None = None, tokens_fn: Callable[[dict], float] | None = None,
+          flops_fn: Callable[[Piece], float] | None = None, tokens_fn: Callable[[Piece], float] | None = None,
           finish: Callable[[Any, dict], dict] | None = None, tokenizer=None, loop_cfg=None,
           eval_at_start: bool = False, require_tokens: bool = True,
           images_fn: Callable[[Any, int], dict] | None = None) -> dict:

@@ -58,9 +58,9 @@ from zoomjax.rollout.loop import LoopConfig, Request, rollout
 from zoomjax.train import batching, driver, harness, sft_data
 from zoomjax.train.config import ConfigError, TrainConfig
 from zoomjax.train.mesh import BATCH_AXES
+from zoomjax.train.pieces import GrpoPiece
 from zoomjax.train.sft_data import PATCH_PIXELS, VIEW_SIDE
 
-EXTRA_KEYS = ("logp_old", "logp_ref", "advantage")
 SUM_KEYS = ("tokens", "clipped_tokens", "kl_sum", "ratio_sum", "entropy_sum")
 
 
@@ -68,11 +68,11 @@ SUM_KEYS = ("tokens", "clipped_tokens", "kl_sum", "ratio_sum", "entropy_sum")
 def make_objective(gc) -> harness.Objective:
   """The GRPO objective for one sequence: `policy_loss` on its tokens, as sums for exact accumulation."""
 
-  def fn(logits, piece):
-    logp = token_logprobs(logits, piece["input_ids"], gc.temperature)
+  def fn(logits, piece: GrpoPiece):
+    logp = token_logprobs(logits, piece.input_ids, gc.temperature)
     ent = token_entropy(logits, gc.temperature)
     loss_sum, denom, m = G.policy_loss(
-        logp, piece["logp_old"], piece["logp_ref"] if gc.beta else None, piece["advantage"], piece["loss_mask"],
+        logp, piece.logp_old, piece.logp_ref if gc.beta else None, piece.advantage, piece.loss_mask,
         eps_low=gc.eps_low, eps_high=gc.eps_high or None, beta=gc.beta, aggregation=gc.aggregation, entropy=ent)
     return {"loss_sum": loss_sum, "count": denom, **{k: m[k] for k in SUM_KEYS}}
 
@@ -152,8 +152,8 @@ class GrpoSource:
     self.prompts = cfg.data.batch_size // self.gc.group_size
     self.position = {"epoch": 0, "offset": 0, "rollouts": 0, "inner": 0}
     self.skipped = 0
-    self._cached: tuple[dict, dict] | None = None
-    lp = lambda logits, piece: token_logprobs(logits, piece["input_ids"], self.gc.temperature)  # noqa: E731
+    self._cached: tuple[GrpoPiece, dict] | None = None
+    lp = lambda logits, piece: token_logprobs(logits, piece.input_ids, self.gc.temperature)  # noqa: E731
     self._logprobs = setup.piece_fn(lp)
     s = batching.num_shards(setup.mesh)
     lo, hi = batching.local_shard_range(setup.mesh)
@@ -180,7 +180,7 @@ class GrpoSource:
     return out
 
   # -- the batch
-  def next(self, state) -> tuple[dict, dict]:
+  def next(self, state) -> tuple[GrpoPiece, dict]:
     if self._cached is not None and self.position["inner"] % self.gc.inner_steps:
       self.position["inner"] += 1
       return self._cached
@@ -189,7 +189,7 @@ class GrpoSource:
     self.position["inner"] = 1
     return self._cached
 
-  def _rollout_batch(self, state) -> tuple[dict, dict]:
+  def _rollout_batch(self, state) -> tuple[GrpoPiece, dict]:
     gc, cfg = self.gc, self.cfg
     t0 = time.perf_counter()
     prompts = self._next_prompts()
@@ -223,19 +223,20 @@ class GrpoSource:
     a_, _, b_ = self.layout
     mine = [pieces[(i * self.layout[1] + s) * b_ + j] for i in range(a_) for s in range(lo, hi) for j in range(b_)]
     host = batching.assemble(mine, (a_, hi - lo, b_),
-                             lambda pc: batching.model_inputs(self.setup.model_cfg, pc, self.max_patches, EXTRA_KEYS))
+                             lambda pc: batching.make_piece(self.setup.model_cfg, pc, self.max_patches, GrpoPiece))
     t1 = time.perf_counter()
     metrics: dict[str, float] = {}
     if gc.beta or gc.inner_steps > 1 or gc.temperature != 1.0:
       batch = batching.to_global(host, self.setup.mesh)
       if gc.inner_steps > 1 or gc.temperature != 1.0:
         recomputed = self._local(self._logprobs(state.params, batch))[..., 0, :]
-        m = host["loss_mask"] > 0
+        m = host.loss_mask > 0
         if gc.temperature == 1.0 and m.any():
-          metrics["logp_old_gap"] = float(np.max(np.abs(recomputed - host["logp_old"])[m]))
-        host["logp_old"] = recomputed.astype(np.float32)
+          metrics["logp_old_gap"] = float(np.max(np.abs(recomputed - host.logp_old)[m]))
+        host = host.replace(logp_old=recomputed.astype(np.float32))
       if gc.beta:
-        host["logp_ref"] = self._local(self._logprobs(self.ref_params, batch))[..., 0, :].astype(np.float32)
+        ref = self._local(self._logprobs(self.ref_params, batch))[..., 0, :]
+        host = host.replace(logp_ref=ref.astype(np.float32))
     t_lp = time.perf_counter() - t1
     metrics.update(self._batch_metrics(trajs, terms, valid, flat, use))
     metrics.update(time_rollout_s=t_roll, time_logprob_s=t_lp)
@@ -367,7 +368,7 @@ def run(cfg: TrainConfig) -> dict:
 
   return driver.drive(cfg, setup, src, stage="grpo", params_fn=params_fn,
                       eval_fn=evaluate if eval_rows and cfg.eval.every else None, eval_at_start=True, require_tokens=False,
-                      tokens_fn=lambda b: float(b["loss_mask"].sum()), finish=finish, tokenizer=tokenizer,
+                      tokens_fn=lambda b: float(b.loss_mask.sum()), finish=finish, tokenizer=tokenizer,
                       loop_cfg=eval_loop,
                       images_fn=(lambda params, step: held_out(params, step)[1]) if eval_rows else None)
 

@@ -6,14 +6,17 @@
 
 An **objective** (`Objective`) says what one sequence contributes to the loss:
 `objective.fn(logits, piece) -> {"loss_sum", "count", ...}`, float32 scalar *sums* for one sequence
-(`count` is the loss's denominator: target tokens for a token mean, 1 for a sequence mean). The harness
-runs the model on every piece of a microbatch, sums the dicts over pieces and microbatches (exact
-accumulation: zeros shaped by `jax.eval_shape`, every key carried), divides the gradient of `loss_sum`
-by the total `count`, and turns the sums into metrics with `objective.report`.
+(`count` is the loss's denominator: target tokens for a token mean, 1 for a sequence mean); `piece` is
+the sequence's typed `zoomjax.train.pieces.Piece` (GRPO: a `GrpoPiece`), read by field
+(`piece.loss_mask`, `piece.advantage`). The harness runs the model on every piece of a microbatch, sums
+the dicts over pieces and microbatches (exact accumulation: zeros shaped by `jax.eval_shape`, every key
+carried), divides the gradient of `loss_sum` by the total `count`, and turns the sums into metrics with
+`objective.report`.
 
-A **batch source** (`BatchSource`) is asked for the next host batch *given the current state*
-(`next(state)`): SFT reads its grain stream and ignores the state; GRPO generates rollouts with the
-current params. `get_state` / `set_state` make the position resumable; it is saved in every checkpoint.
+A **batch source** (`BatchSource`) is asked for the next host batch (a `Piece` of `[A, S_local, b, ...]`
+numpy leaves) *given the current state* (`next(state)`): SFT reads its grain stream and ignores the
+state; GRPO generates rollouts with the current params. `get_state` / `set_state` make the position
+resumable; it is saved in every checkpoint.
 
 What the harness owns: `jax.distributed` start-up, the run's model config, the logical-axis rules, the
 state's shardings (Adam moments follow their params), state init or restore, the jitted step (state
@@ -43,12 +46,12 @@ from zoomjax.train import batching, checkpoint, flops, mesh as mesh_lib
 from zoomjax.train.config import ConfigError, TrainConfig
 from zoomjax.train.logger import MetricsLogger
 from zoomjax.train.optim import make_optimizer, trainable_labels
+from zoomjax.train.pieces import Piece
 from zoomjax.train.state import TrainState, init_state
 from zoomjax.train.step import LossFn, make_eval_step, make_train_step, sum_report
 
 PREEMPTED_EXIT_CODE = 143    # SIGTERM: what schedulers restart on
 INTERRUPTED_EXIT_CODE = 130  # SIGINT (Ctrl-C)
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "image_index")
 
 
 # ------------------------------------------------------------------------------------------ objective
@@ -56,26 +59,23 @@ MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "image_index")
 class Objective:
   """Attributes:
     fn: `(logits float32[1, T, V], piece) -> {"loss_sum", "count", ...}` float32[] sums of one sequence.
-      `piece` holds the model inputs of the sequence plus whatever the batch source added
-      (`loss_mask`, GRPO's `logp_old`, `advantage`, ...).
+      `piece` is the sequence's `Piece`: its model inputs and `loss_mask`, plus the fields of the batch
+      source's subclass (GRPO's `GrpoPiece`: `piece.logp_old`, `piece.advantage`, ...).
     report: `sums over the step -> metrics` (jittable); default `sum_report`.
   """
 
-  fn: Callable[[jax.Array, dict], dict]
+  fn: Callable[[jax.Array, Piece], dict]
   report: Callable[[dict], dict] = sum_report
 
 
-def piece_map(model_cfg: ModelConfig, fn: Callable[[jax.Array, dict], Any]) -> Callable[[Any, dict], Any]:
+def piece_map(model_cfg: ModelConfig, fn: Callable[[jax.Array, Piece], Any]) -> Callable[[Any, Piece], Any]:
   """`(params, microbatch) -> fn(logits, piece)` for every piece of a `[S, b, ...]` microbatch.
 
   The model runs on each sequence alone (vmapped over `b`, and over `S` with the batch mesh axes as
   `spmd_axis_name`); outputs have leading axes `[S, b]`."""
 
-  def one(params, piece):
-    inputs = {k: piece[k] for k in MODEL_KEYS}
-    if "vision" in piece:
-      inputs["vision"] = piece["vision"]
-    return fn(apply(model_cfg, params, inputs, piece.get("pixel_values")), piece)
+  def one(params, piece: Piece):
+    return fn(apply(model_cfg, params, piece.model_inputs(), piece.pixel_values), piece)
 
   def over_pieces(params, mb):
     return jax.vmap(jax.vmap(lambda pc: one(params, pc)), spmd_axis_name=mesh_lib.BATCH_AXES)(mb)
@@ -96,12 +96,13 @@ def objective_loss(model_cfg: ModelConfig, objective: Objective) -> LossFn:
 
 # ------------------------------------------------------------------------------------------ batch source
 class BatchSource(Protocol):
-  """Where training batches come from. `next(state)` -> (host batch `[A, S_local, b, ...]` numpy tree,
-  host metrics to log); raises StopIteration when exhausted. `skipped`: examples it could not use."""
+  """Where training batches come from. `next(state)` -> (host batch: a `Piece` of `[A, S_local, b, ...]`
+  numpy leaves, host metrics to log); raises StopIteration when exhausted. `skipped`: examples it could
+  not use."""
 
   skipped: int
 
-  def next(self, state: TrainState) -> tuple[dict, dict]: ...
+  def next(self, state: TrainState) -> tuple[Piece, dict]: ...
 
   def get_state(self) -> Any: ...
 
@@ -120,7 +121,7 @@ class StreamSource:
   def skipped(self) -> int:
     return getattr(self.stream, "skipped", 0)
 
-  def next(self, state: TrainState) -> tuple[dict, dict]:
+  def next(self, state: TrainState) -> tuple[Piece, dict]:
     del state
     return next(self.stream), {}
 
@@ -240,7 +241,7 @@ class Setup:
   eval_step: Callable               # jitted: (params, batch) -> summed stats
   frozen: Any
 
-  def piece_fn(self, fn: Callable[[jax.Array, dict], Any]) -> Callable[[Any, dict], Any]:
+  def piece_fn(self, fn: Callable[[jax.Array, Piece], Any]) -> Callable[[Any, Piece], Any]:
     """Jitted `(params, batch) -> fn(logits, piece)` per piece, leaves `[A, S, b, ...]`, no gradient
     (GRPO's old-policy and reference log-probs)."""
     per_mb = piece_map(self.model_cfg, fn)
@@ -363,8 +364,8 @@ class _Stop:
 # ------------------------------------------------------------------------------------------ loop
 def run_loop(setup: Setup, state: TrainState, source: BatchSource, ckpt: checkpoint.Checkpointer | None,
              logger: MetricsLogger, eval_fn: Callable[[Any, int], dict] | None = None,
-             start_step: int = 0, flops_fn: Callable[[dict], float] | None = None,
-             tokens_fn: Callable[[dict], float] | None = None) -> tuple[TrainState, dict]:
+             start_step: int = 0, flops_fn: Callable[[Piece], float] | None = None,
+             tokens_fn: Callable[[Piece], float] | None = None) -> tuple[TrainState, dict]:
   """Trains from `start_step` to `cfg.steps`. Returns (state, info) with the last metrics.
 
   `flops_fn(host_batch)` gives the FLOPs of one step (for MFU); `tokens_fn(host_batch)` the tokens it
@@ -375,7 +376,7 @@ def run_loop(setup: Setup, state: TrainState, source: BatchSource, ckpt: checkpo
   devices = setup.mesh.devices.size
   total_peak = peak if jax.devices()[0].platform == "cpu" else peak * devices
   info: dict[str, Any] = {"peak_flops": total_peak, "peak_source": peak_src, "preempted": False}
-  tokens_fn = tokens_fn or (lambda b: float(b["attention_mask"].sum()))
+  tokens_fn = tokens_fn or (lambda b: float(b.attention_mask.sum()))
   step = start_step
   last_saved = start_step if ckpt is not None and ckpt.latest_step() == start_step else None
   saved_at = time.monotonic()

@@ -24,7 +24,7 @@ from zoomjax.train import driver, flops, harness, sft_data
 from zoomjax.train.config import ConfigError, TrainConfig
 from zoomjax.train.loss import masked_xent
 
-OBJECTIVE = harness.Objective(lambda logits, piece: masked_xent(logits, piece["input_ids"], piece["loss_mask"]))
+OBJECTIVE = harness.Objective(lambda logits, piece: masked_xent(logits, piece.input_ids, piece.loss_mask))
 
 PREFLIGHT_EXAMPLES = 64   # examples whose length is checked against data.seq_len before step 1
 MAX_TOO_LONG = 0.5        # a larger share of too-long examples fails the run before it starts
@@ -88,9 +88,9 @@ def run(cfg: TrainConfig, data: sft_data.Data | None = None) -> dict:
   source = harness.StreamSource(sft_data.train_stream(cfg, data, model_cfg, setup.mesh))
 
   def step_flops(host_batch):
-    seq_len = host_batch["input_ids"].shape[-1]
-    patches = (int(np.prod(host_batch["pixel_values"].shape[:-1])) * jax.process_count()
-               if "pixel_values" in host_batch else 0)
+    seq_len = host_batch.input_ids.shape[-1]
+    patches = (int(np.prod(host_batch.pixel_values.shape[:-1])) * jax.process_count()
+               if host_batch.pixel_values is not None else 0)
     return flops.step_flops(model_cfg, cfg.data.batch_size, seq_len, patches, data.patches_per_image,
                             cfg.model.freeze_vision)
 

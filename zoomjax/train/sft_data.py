@@ -179,7 +179,7 @@ def build_files(cfg: TrainConfig) -> Data:
 
 def make_stream(data: Data, dataset: Any, model_cfg, mesh, batch_size: int, num_micro: int, seq_len: int,
                 seed: int, shuffle: bool, num_epochs: int, prefetch: int = 2, eval_mode: bool = False) -> StepStream:
-  """A `StepStream` over `dataset` yielding `[A, S_local, b, ...]` device-ready numpy trees.
+  """A `StepStream` over `dataset` yielding `[A, S_local, b, ...]` device-ready numpy `Piece`s.
 
   Each process's grain pipeline yields one sequence at a time with fixed buckets `(seq_len,
   max_patches, max_images)`; `eval_mode` keeps the order, makes one pass and pads the last step with
@@ -200,7 +200,7 @@ def make_stream(data: Data, dataset: Any, model_cfg, mesh, batch_size: int, num_
                        drop_remainder=not eval_mode)
   layout = (num_micro, hi - lo, b)
   prepare = lambda ps: batching.assemble(  # noqa: E731
-      ps, layout, lambda pc: batching.model_inputs(model_cfg, pc, data.max_patches))
+      ps, layout, lambda pc: batching.make_piece(model_cfg, pc, data.max_patches))
   return StepStream(pieces, num_micro * (hi - lo) * b, prepare, prefetch=prefetch, pad_last=eval_mode)
 
 

@@ -1,12 +1,12 @@
 """One optimizer step for any objective: gradient accumulation over microbatches, clipping, AdamW,
 non-finite skip.
 
-The step is a pure function `(state, batch) -> (state, metrics)`. `batch` is a dict of arrays that all
-carry a leading microbatch axis `A` (= `optim.grad_accum`): the host stacks `A` equally-shaped
-microbatches (`input_ids int32[A, b, T]`, `pixel_values float32[A, P, 1176]`, ...). The step scans
-over them, summing the loss function's stats (every key it returns) and the gradient of `loss_sum`,
-then divides the gradient by the total `count` (the loss's denominator), so the update equals the one
-from a single batch of `A * b` sequences.
+The step is a pure function `(state, batch) -> (state, metrics)`. `batch` is a pytree of arrays (in
+training a `zoomjax.train.pieces.Piece`) that all carry a leading microbatch axis `A`
+(= `optim.grad_accum`): the host stacks `A` equally-shaped microbatches (`input_ids int32[A, S, b, 1, T]`,
+`pixel_values float32[A, S, b, P, 1176]`, ...). The step scans over them, summing the loss function's
+stats (every key it returns) and the gradient of `loss_sum`, then divides the gradient by the total
+`count` (the loss's denominator), so the update equals the one from a single batch of `A * b` sequences.
 
 A non-finite loss or gradient norm leaves params and optimizer state unchanged; `state.skipped` counts
 such steps and the metrics report `skipped=1` for the step.
@@ -24,21 +24,21 @@ from zoomjax.train.state import TrainState
 
 # loss_fn(params, microbatch, rng) -> {"loss_sum", "count", ...} (float32 scalars, sums; `count` is the
 # loss's denominator, the other keys are metrics summed alike).
-LossFn = Callable[[Any, dict, jax.Array], dict]
+LossFn = Callable[[Any, Any, jax.Array], dict]
 
 
 def _tree_where(pred: jax.Array, a: Any, b: Any) -> Any:
   return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def zero_stats(loss_fn: LossFn, params: Any, batch: dict) -> dict:
+def zero_stats(loss_fn: LossFn, params: Any, batch: Any) -> dict:
   """float32 zeros for every key `loss_fn` returns on one microbatch of `batch` (from `jax.eval_shape`)."""
   mb = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batch)
   shapes = jax.eval_shape(loss_fn, params, mb, jax.random.PRNGKey(0))
   return {k: jnp.zeros(v.shape, jnp.float32) for k, v in shapes.items()}
 
 
-def accumulate(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
+def accumulate(loss_fn: LossFn, params: Any, batch: Any, rng: jax.Array,
                frozen: Any = None) -> tuple[dict, Any]:
   """Scans `loss_fn` over the leading microbatch axis; returns (summed stats, summed gradient of loss_sum).
 
@@ -94,11 +94,11 @@ def sum_report(stats: dict) -> dict:
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, frozen: Any = None,
                     report: Callable[[dict], dict] = sum_report
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """Builds the (unjitted) step. Metrics: `report(stats)` (default: loss per unit of `count`, tokens,
   every other stat per unit of `count`), grad_norm, lr, skipped (this step), skipped_total."""
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(state.rng)
     stats, grads = accumulate(loss_fn, state.params, batch, step_rng, frozen)
     denom = jnp.maximum(stats["count"], 1.0)
@@ -127,10 +127,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable[[Any, dict], dict]:
+def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Any], dict]:
   """`(params, batch) -> summed stats` over the microbatch axis (no gradient)."""
 
-  def eval_step(params: Any, batch: dict) -> dict:
+  def eval_step(params: Any, batch: Any) -> dict:
     def body(acc, mb):
       s = loss_fn(params, mb, jax.random.PRNGKey(0))
       return {k: acc[k] + s[k].astype(jnp.float32) for k in acc}, None
