@@ -144,6 +144,11 @@ class Checkpointer:
         dest = f"{dest}-{int(time.time())}"
         target = epath.Path(dest)
       target.parent.mkdir(parents=True, exist_ok=True)
+      if not target.parent.exists():
+        # An object store (gs://) has no empty directories: mkdir made nothing there, and epath's rename
+        # wants the destination's folder to exist. One small object makes it.
+        (target.parent / "README.txt").write_text("Checkpoint steps that did not read back, moved here by "
+                                                  "zoomjax (never deleted).\n")
       epath.Path(self.directory, str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils   # only multi-process runs need the barrier
