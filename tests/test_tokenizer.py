@@ -6,6 +6,7 @@ from zoomjax.data import lrs_gro as L
 from zoomjax.data import tokenizer as T
 from zoomjax.data import trajectories as TR
 from zoomjax.data import toy_earth, toy_earth_tokenizer as TT
+from zoomjax.data.toy_earth_scene import POSITIONS
 from zoomjax.model.config import ModelConfig
 from zoomjax.protocol import templates as P
 
@@ -100,6 +101,19 @@ def test_protocol_tags_and_answer_words_are_single_tokens(saved):
     assert len(tok.encode(w, add_special_tokens=False)) == 1, w   # as the model writes it after <answer>
   ids = tok.encode("<answer>farmland</answer>", add_special_tokens=False)
   assert len(ids) == 3 and tok.decode(ids) == "<answer>farmland</answer>"
+
+
+def test_cell_names_are_single_tokens(saved):
+  _, tok = saved
+  cells = [c for row in POSITIONS for c in row]
+  assert set(TT.POSITION_TOKENS) == {" " + c for c in cells if "-" in c}
+  q = "Is the paved area in the bottom-right part of the image occupied or empty?"
+  ids = tok.encode(q, add_special_tokens=False)
+  assert tok.decode(ids) == q and tok.convert_tokens_to_ids(" bottom-right") in ids
+  for c in cells:   # every cell name after "the" is one id, the same one in the question and in a label
+    one = tok.encode(f" the {c} part", add_special_tokens=False)
+    assert len(one) == 3, (c, [tok.decode([i]) for i in one])
+    assert one[1] in tok.encode(f'{{"label": "paved area in the {c} part"', add_special_tokens=False)
 
 
 def test_toy_prompt_is_short(saved):

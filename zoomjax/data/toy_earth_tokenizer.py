@@ -7,6 +7,10 @@
 
 * The protocol tags (`<think>`, `</think>`, `<answer>`, `</answer>`) and the box key `"bbox_2d"` are added
   tokens (not special: they decode as text), so each is one id the model writes in one step.
+* So are the hyphenated cell names with their leading space (` top-left`, ` bottom-right`, ...): the
+  pre-tokenizer splits at the hyphen (` top` + `-right`), so carrying a question's cell into the
+  reasoning, the box label and the box would otherwise be a two-token induction copy, which the small
+  default model learns late (`benchmarks/results/toy_earth_recipe.md`).
 * The corpus weights what the model *writes*: every trajectory's assistant text (and the answer words of
   `toy_earth.VOCAB`, bare and after a space) many times, each prompt template's fixed text a few times.
   Trained on whole trajectories, the ~300-word released instruction (repeated in every example) takes most
@@ -21,9 +25,13 @@ from typing import Sequence
 
 from zoomjax.data import lrs_gro, toy_earth, trajectories
 from zoomjax.data import tokenizer as T
+from zoomjax.data.toy_earth_scene import POSITIONS
 from zoomjax.protocol import templates as P
 
-EXTRA_TOKENS = (P.THINK_START, P.THINK_END, P.ANSWER_START, P.ANSWER_END, '"bbox_2d"')
+# The cell names that the pre-tokenizer would split at the hyphen (` top-right` -> ` top` + `-right`), as
+# single ids, so that carrying the referent's cell from the question into the box is a one-token copy.
+POSITION_TOKENS = tuple(" " + p for row in POSITIONS for p in row if "-" in p)
+EXTRA_TOKENS = (P.THINK_START, P.THINK_END, P.ANSWER_START, P.ANSWER_END, '"bbox_2d"') + POSITION_TOKENS
 DEFAULT_VOCAB_SIZE = 1024
 GENERATED_REPEATS = 4    # copies of each assistant text in the corpus
 PROMPT_REPEATS = 24      # copies of each prompt template's fixed text (its words stay mergeable)
