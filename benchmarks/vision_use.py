@@ -10,9 +10,11 @@ images of the run's Toy Earth data (or any folder of images):
   set against the text embedding's mean row norm; the *image signal*, the mean distance between one
   image's mean feature and the mean over all images, as a fraction of the per-token norm; and the
   within-image spread across an image's own tokens, as the same fraction;
-* logits after `<think>The image shows a` for the global question "What is the main type of area shown
-  in this image?": the largest difference between any two images' logits, against the logits' own
-  scale, and how many distinct greedy descriptions the images get.
+* logits after `<think>The image shows` for the global question "What is the main type of area shown
+  in this image?" (Toy Earth's description goes on "a rural ..." or "an urban ...", so the next token
+  already says which): the largest difference between any two images' logits, against the logits' own
+  scale, and how many distinct next tokens the images get; on Toy Earth images, also how many of them
+  are right (` a` for a rural scene, ` an` for an urban one, from the data's Urban-Rural rows).
 
 The same numbers for a freshly initialised model of the run's config (seed 0) are printed beside them,
 as the point where training started. Everything runs on the run's HF export (`RUN_DIR/hf`), with the
@@ -43,7 +45,7 @@ from zoomjax.processing import preprocess_image  # noqa: E402
 from zoomjax.protocol import templates as P  # noqa: E402
 
 QUESTION = "What is the main type of area shown in this image?"
-PREFIX = "<think>The image shows a"
+PREFIX = "<think>The image shows"
 
 
 def _inputs(path: str, max_pixels: int):
@@ -58,7 +60,20 @@ def features(cfg, params, pv, grid) -> np.ndarray:
   return np.asarray(Qwen2_5_VL(cfg).apply({"params": params}, pv, meta, method=lambda m, x, md: m.visual(x, md)))
 
 
-def measure(cfg, params, tok, paths: list[str], max_pixels: int, version: str) -> dict:
+def urban_rural(data_root: str) -> dict[str, str]:
+  """Toy Earth's `Urban-Rural` answer per image name, from the data root's split files (empty elsewhere)."""
+  out = {}
+  for split in ("sft", "rl", "test"):
+    path = os.path.join(data_root, f"{split}.jsonl")
+    if os.path.exists(path):
+      for line in open(path):
+        row = json.loads(line)
+        if row.get("category") == "Urban-Rural":
+          out[row["image_name"]] = row["ground_truth"]
+  return out
+
+
+def measure(cfg, params, tok, paths: list[str], max_pixels: int, version: str, truth: dict[str, str]) -> dict:
   feats, logits, texts = [], [], []
   prompt = P.render_prompt(QUESTION, "released", version=version).text + PREFIX
   for path in paths:
@@ -78,7 +93,10 @@ def measure(cfg, params, tok, paths: list[str], max_pixels: int, version: str) -
   lg = np.stack(logits)
   spread = float(np.max(np.abs(lg[:, None] - lg[None])))
   emb = np.asarray(params["language"]["embed_tokens"]["embedding"])
-  return {"feature_norm": norm, "text_embedding_norm": float(np.linalg.norm(emb, axis=-1).mean()),
+  article = {"rural": " a", "urban": " an"}
+  known = [(t, article[truth[os.path.basename(p)]]) for t, p in zip(texts, paths) if os.path.basename(p) in truth]
+  right = f"{sum(t == a for t, a in known)}/{len(known)}" if known else "-"
+  return {"right": right, "feature_norm": norm, "text_embedding_norm": float(np.linalg.norm(emb, axis=-1).mean()),
           "image_signal": between / norm, "within_image": within / norm,
           "logit_spread": spread, "logit_scale": float(np.abs(lg).max()),
           "distinct_next_words": len(set(texts)), "next_words": texts}
@@ -102,10 +120,11 @@ def main(argv=None) -> int:
   version = infer_cfg.get("version") or P.TOY_VERSION
   cfg, params = hf.load(hf_dir, dtype=jnp.float32)
   tok = T.load_tokenizer(hf_dir)
-  rows = {"trained": measure(cfg, params, tok, paths, max_pixels, version),
-          "fresh init": measure(cfg, init_params(cfg, jax.random.PRNGKey(0)), tok, paths, max_pixels, version)}
+  truth = urban_rural(summary["data_root"]) if not args.images else {}
+  rows = {"trained": measure(cfg, params, tok, paths, max_pixels, version, truth),
+          "fresh init": measure(cfg, init_params(cfg, jax.random.PRNGKey(0)), tok, paths, max_pixels, version, truth)}
   keys = ("feature_norm", "text_embedding_norm", "image_signal", "within_image", "logit_spread", "logit_scale",
-          "distinct_next_words")
+          "distinct_next_words", "right")
   if args.markdown:
     print(f"| {args.run_dir} ({len(paths)} images) | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
