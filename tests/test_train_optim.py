@@ -167,3 +167,28 @@ def test_warmup_then_cosine_values():
     assert float(s(t)) == pytest.approx(v, rel=1e-5, abs=1e-12), t
   const = learning_rate_schedule(OptimSection(lr=2e-4, warmup_steps=4, schedule="constant"), 50)
   assert [float(const(t)) for t in (0, 2, 4, 49)] == pytest.approx([0.0, 1e-4, 2e-4, 2e-4])
+
+
+# ------------------------------------------------------------------------------------------ vision lr
+def test_vision_lr_scale_scales_only_the_towers_steps():
+  """Adam's first step moves every leaf by lr * g / (|g| + eps) ~ lr: the tower's leaves (under `visual`,
+  not the merger) by `vision_lr_scale` times that, the merger and the language model by the full lr;
+  the gradient is clipped by one global norm over all of them."""
+  oc = optim(clip_norm=1.0, vision_lr_scale=0.1, weight_decay=0.0, warmup_steps=0, schedule="constant")
+  p = {"visual": {"blocks": jnp.ones((2, 3)), "merger": jnp.ones((3,))}, "language": {"w": jnp.ones((4,))}}
+  g = jax.tree_util.tree_map(lambda x: jnp.full(x.shape, 2.0), p)        # raw norm sqrt(13 * 4) > 1: clipped
+  tx, _ = make_optimizer(oc, 10, p)
+  upd, st = tx.update(g, tx.init(p), p)
+  step = {k: np.abs(np.asarray(v)) for k, v in
+          {"blocks": upd["visual"]["blocks"], "merger": upd["visual"]["merger"], "lm": upd["language"]["w"]}.items()}
+  np.testing.assert_allclose(step["lm"], oc.lr, rtol=1e-4)
+  np.testing.assert_allclose(step["merger"], oc.lr, rtol=1e-4)
+  np.testing.assert_allclose(step["blocks"], 0.1 * oc.lr, rtol=1e-4)
+  mus = [np.asarray(v) / (1 - oc.b1) for _, m in optax.tree_utils.tree_get_all_with_path(st, "mu")
+         for v in jax.tree_util.tree_leaves(m)]                            # both groups' first moments
+  assert sum(v.size for v in mus) == 13
+  assert math.sqrt(sum(float(np.sum(v ** 2)) for v in mus)) == pytest.approx(1.0, rel=1e-5)  # one clip
+  same, _ = make_optimizer(optim(clip_norm=1.0, vision_lr_scale=0.1, weight_decay=0.0, warmup_steps=0,
+                                 schedule="constant"), 10, p, freeze_vision=True)
+  frozen, _ = same.update(g, same.init(p), p)                            # frozen wins over the scale
+  assert not np.any(np.asarray(frozen["visual"]["blocks"]))

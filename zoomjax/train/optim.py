@@ -2,7 +2,9 @@
 
 Weight decay applies to matrices and embeddings only (leaf names other than `bias`/`scale` and not
 inside a norm). With `freeze_vision`, every leaf under `params["visual"]` except the patch merger gets
-`optax.set_to_zero()` (and no optimizer state), so the vision blocks stay bit-for-bit unchanged.
+`optax.set_to_zero()` (and no optimizer state), so the vision blocks stay bit-for-bit unchanged. With
+`optim.vision_lr_scale` != 1 (and the tower not frozen), the same leaves get their own AdamW whose
+learning rate is the schedule times that scale (the gradient is still clipped by one global norm).
 """
 
 from __future__ import annotations
@@ -43,13 +45,21 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def trainable_labels(params: Any, freeze_vision: bool) -> Any:
-  """`"train"` or `"frozen"` per leaf: frozen = under `visual` and not in the merger (when requested)."""
+def _tower(names: list[str]) -> bool:
+  """The vision tower's own leaves: under `visual`, not in the patch merger."""
+  return "visual" in names and not any("merger" in n for n in names)
+
+
+def trainable_labels(params: Any, freeze_vision: bool, tower_label: str = "frozen") -> Any:
+  """`"train"` or `tower_label` per leaf: the tower's own leaves (under `visual`, not in the merger) get
+  `tower_label` when `freeze_vision` is set."""
   def label(path, _):
-    names = _path_names(path)
-    frozen = freeze_vision and "visual" in names and not any("merger" in n for n in names)
-    return "frozen" if frozen else "train"
+    return tower_label if freeze_vision and _tower(_path_names(path)) else "train"
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _adamw(oc: OptimSection, lr) -> optax.GradientTransformation:
+  return optax.adamw(lr, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay, mask=decay_mask)
 
 
 def make_optimizer(oc: OptimSection, total_steps: int, params: Any, freeze_vision: bool = False
@@ -59,8 +69,14 @@ def make_optimizer(oc: OptimSection, total_steps: int, params: Any, freeze_visio
   parts = []
   if oc.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(oc.clip_norm))
-  parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
-                           mask=decay_mask(params)))
+  if oc.vision_lr_scale != 1.0 and not freeze_vision:
+    scale = oc.vision_lr_scale
+    parts.append(optax.multi_transform(
+        {"train": _adamw(oc, schedule), "vision": _adamw(oc, lambda count: schedule(count) * scale)},
+        trainable_labels(params, True, tower_label="vision")))
+  else:
+    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
+                             mask=decay_mask(params)))
   tx = optax.chain(*parts)
   if freeze_vision:
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},

@@ -132,6 +132,8 @@ class OptimSection:
     weight_decay: decoupled decay on matrices (not on norms and biases). b1, b2, eps: Adam moments.
     clip_norm: global gradient-norm clip (0 = off).
     grad_accum: microbatches per optimizer step; `data.batch_size` must divide by it.
+    vision_lr_scale: the vision tower's learning rate (patch embedding and blocks, not the merger) as a
+      multiple of `lr` (1 = the same; ignored when `model.freeze_vision`).
   """
 
   lr: float = 3e-5
@@ -145,9 +147,11 @@ class OptimSection:
   eps: float = 1e-8
   clip_norm: float = 1.0
   grad_accum: int = 1
+  vision_lr_scale: float = 1.0
 
   def validate(self, key: str) -> None:
     _positive(f"{key}.lr", self.lr)
+    _positive(f"{key}.vision_lr_scale", self.vision_lr_scale)
     _in_range(f"{key}.end_lr_ratio", self.end_lr_ratio, 0.0, 1.0)
     _non_negative(f"{key}.warmup_steps", self.warmup_steps)
     _non_negative(f"{key}.decay_steps", self.decay_steps)
