@@ -75,8 +75,7 @@ def make_optimizer(oc: OptimSection, total_steps: int, params: Any, freeze_visio
         {"train": _adamw(oc, schedule), "vision": _adamw(oc, lambda count: schedule(count) * scale)},
         trainable_labels(params, True, tower_label="vision")))
   else:
-    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
-                             mask=decay_mask(params)))
+    parts.append(_adamw(oc, schedule))
   tx = optax.chain(*parts)
   if freeze_vision:
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
