@@ -73,7 +73,7 @@ def urban_rural(data_root: str) -> dict[str, str]:
   return out
 
 
-def measure(cfg, params, tok, paths: list[str], max_pixels: int, version: str, truth: dict[str, str]) -> dict:
+def measure(cfg, params, encode, decode, paths: list[str], max_pixels: int, version: str, truth: dict[str, str]) -> dict:
   feats, logits, texts = [], [], []
   prompt = P.render_prompt(QUESTION, "released", version=version).text + PREFIX
   for path in paths:
@@ -81,10 +81,10 @@ def measure(cfg, params, tok, paths: list[str], max_pixels: int, version: str, t
     f = features(cfg, params, pv, grid)
     feats.append(f)
     text = prompt.replace(P.IMAGE_PAD, P.IMAGE_PAD * f.shape[0])
-    ids = np.asarray([tok.encode(text, add_special_tokens=False)], np.int32)
+    ids = np.asarray([encode(text)], np.int32)
     row = np.asarray(forward(cfg, params, ids, pv, grid))[0, -1]
     logits.append(row)
-    texts.append(tok.decode([int(np.argmax(row))]))
+    texts.append(decode([int(np.argmax(row))]))
   f = np.stack(feats)                                   # [images, M, D]
   norm = float(np.linalg.norm(f, axis=-1).mean())
   means = f.mean(axis=1)                                # [images, D]
@@ -121,8 +121,9 @@ def main(argv=None) -> int:
   cfg, params = hf.load(hf_dir, dtype=jnp.float32)
   tok = T.load_tokenizer(hf_dir)
   truth = urban_rural(summary["data_root"]) if not args.images else {}
-  rows = {"trained": measure(cfg, params, tok, paths, max_pixels, version, truth),
-          "fresh init": measure(cfg, init_params(cfg, jax.random.PRNGKey(0)), tok, paths, max_pixels, version, truth)}
+  encode = T.encoder(tok)
+  rows = {name: measure(cfg, p, encode, tok.decode, paths, max_pixels, version, truth)
+          for name, p in (("trained", params), ("fresh init", init_params(cfg, jax.random.PRNGKey(0))))}
   keys = ("feature_norm", "text_embedding_norm", "image_signal", "within_image", "logit_spread", "logit_scale",
           "distinct_next_words", "right")
   if args.markdown:

@@ -45,17 +45,17 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def _tower(names: list[str]) -> bool:
-  """The vision tower's own leaves: under `visual`, not in the patch merger."""
-  return "visual" in names and not any("merger" in n for n in names)
-
-
-def trainable_labels(params: Any, freeze_vision: bool, tower_label: str = "frozen") -> Any:
-  """`"train"` or `tower_label` per leaf: the tower's own leaves (under `visual`, not in the merger) get
-  `tower_label` when `freeze_vision` is set."""
+def tower_labels(params: Any, tower: str, rest: str = "train") -> Any:
+  """`tower` for the vision tower's own leaves (under `visual`, not in the patch merger), `rest` elsewhere."""
   def label(path, _):
-    return tower_label if freeze_vision and _tower(_path_names(path)) else "train"
+    names = _path_names(path)
+    return tower if "visual" in names and not any("merger" in n for n in names) else rest
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def trainable_labels(params: Any, freeze_vision: bool) -> Any:
+  """`"train"` or `"frozen"` per leaf: frozen = the tower's own leaves (when requested)."""
+  return tower_labels(params, "frozen" if freeze_vision else "train")
 
 
 def _adamw(oc: OptimSection, lr) -> optax.GradientTransformation:
@@ -73,7 +73,7 @@ def make_optimizer(oc: OptimSection, total_steps: int, params: Any, freeze_visio
     scale = oc.vision_lr_scale
     parts.append(optax.multi_transform(
         {"train": _adamw(oc, schedule), "vision": _adamw(oc, lambda count: schedule(count) * scale)},
-        trainable_labels(params, True, tower_label="vision")))
+        tower_labels(params, "vision")))
   else:
     parts.append(_adamw(oc, schedule))
   tx = optax.chain(*parts)
