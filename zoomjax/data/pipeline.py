@@ -79,7 +79,7 @@ class Buckets:
     return cls((seq_len,), (pixel_rows,), (images,))
 
 
-def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   if shard_index is None or shard_count is None:
     import jax
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -89,7 +89,7 @@ def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
   return int(shard_index), int(shard_count)
 
 
-class _Indexed:
+class Indexed:
   """Source wrapper: `[i]` -> (i, source[i] or the exception it raised)."""
 
   def __init__(self, source, errors: tuple[type[BaseException], ...]):
@@ -118,10 +118,10 @@ def _stream(source, batch_size: int, *, seed: int, shuffle: bool, num_epochs: in
     raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
   if len(source) == 0:
     raise ValueError("the dataset is empty")
-  p, n = _process_shard(shard_index, shard_count)
+  p, n = process_shard(shard_index, shard_count)
   if batch_size % n:
     raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes {n}")
-  ds = grain.MapDataset.source(_Indexed(source, EXAMPLE_ERRORS if on_error == "skip" else ()))
+  ds = grain.MapDataset.source(Indexed(source, EXAMPLE_ERRORS if on_error == "skip" else ()))
   if shuffle:
     ds = ds.shuffle(seed=int(seed) % 2**32)
   ds = ds.repeat(num_epochs)
@@ -134,8 +134,11 @@ def _stream(source, batch_size: int, *, seed: int, shuffle: bool, num_epochs: in
 def to_iter(ds, num_threads: int = 4, prefetch: int = 4):
   """`ds.to_iter_dataset`: up to `num_threads` batches are built in parallel threads (each batch's examples
   in one thread), `prefetch` (raised to at least `num_threads`) batches ahead. `iter()` of the result has
-  `get_state()` / `set_state()`."""
+  `get_state()` / `set_state()`. An `IterDataset` (e.g. `packing.packed_sft_pieces`, which reads ahead
+  itself) is returned as it is."""
   import grain
+  if isinstance(ds, grain.IterDataset):
+    return ds
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                               prefetch_buffer_size=max(prefetch, num_threads)))
 

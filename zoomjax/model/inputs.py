@@ -93,13 +93,25 @@ def _vision_meta(cfg: ModelConfig, grid: np.ndarray, pad_patches_to: int | None)
   return vision.vision_metadata(cfg.vision, grid.astype(np.int32), pad_patches_to=pad_patches_to)
 
 
+def segments(mask_row: np.ndarray) -> list[int]:
+  """The sequence ids of one row of an attention mask, in order of appearance (0 = padding): `[1]` for an
+  ordinary row, `[1, 2, ..]` for a packed one."""
+  ids = np.asarray(mask_row)
+  ids = ids[ids > 0]
+  _, first = np.unique(ids, return_index=True)
+  return [int(ids[i]) for i in sorted(first)]
+
+
 def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, image_grid_thw=None,
                    pad_patches_to: int | None = None) -> dict[str, Any]:
   """Everything the device forward needs besides `pixel_values`, as static-shaped numpy arrays.
 
   Args:
     input_ids: int[B, T], right-padded when `attention_mask` is given.
-    attention_mask: int[B, T] (1 valid, 0 padding) or None (all valid).
+    attention_mask: int[B, T] (1 valid, 0 padding) or None (all valid). A packed row holds several
+      sequences, each marked with its own id 1, 2, ..: every sequence gets its own M-RoPE ids (from 0, as
+      if it were alone) and takes its images in order (`zoomjax.data.packing`); its rope delta is the
+      last sequence's.
     image_grid_thw: int[I, 3] for all images of the batch in order (row-major over the batch); all-zero
       rows are padding images. None for text-only input.
     pad_patches_to: total patch rows of `pixel_values` (>= the real count) for static vision shapes.
@@ -119,6 +131,10 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, image_grid_
   image_index = np.full((b, t), -1, np.int32)
   if image_grid_thw is None:
     out["position_ids"] = np.broadcast_to(np.arange(t, dtype=np.int32), (3, b, t)).copy()
+    for r in np.nonzero(mask.max(-1, initial=0) > 1)[0]:  # packed rows: every sequence from 0
+      for seg in segments(mask[r]):
+        valid = np.nonzero(mask[r] == seg)[0]
+        out["position_ids"][:, r, valid] = np.arange(len(valid), dtype=np.int32)
     out["rope_deltas"] = np.zeros((b,), np.int32)
     out["image_index"] = image_index
     return out
@@ -126,28 +142,28 @@ def prepare_inputs(cfg: ModelConfig, input_ids, attention_mask=None, image_grid_
   real = grid[grid.any(-1)]
   per_image = _tokens_per_image(cfg, grid)
   offsets = np.concatenate([[0], np.cumsum(per_image)])[:-1][grid.any(-1)]  # vision-output row of each real image
-  n_img = (ids == cfg.image_token_id) & (mask > 0)
-  counts = n_img.sum(-1)
+  is_img = ids == cfg.image_token_id
   position_ids = np.zeros((3, b, t), np.int32)
   deltas = np.zeros((b,), np.int32)
   k = 0
   for r in range(b):
-    valid = np.nonzero(mask[r])[0]
-    row_ids = ids[r, valid]
-    # Images of this row: as many real grids as it takes to cover its image tokens.
-    need, j = int(counts[r]), k
-    while need > 0 and j < len(real):
-      need -= int(_tokens_per_image(cfg, real[j:j + 1])[0])
-      j += 1
-    if need != 0:
-      raise ValueError(f"row {r}: {int(counts[r])} image tokens do not match the images of image_grid_thw "
-                       f"(images {k}..{j - 1} give {int(counts[r]) - need})")
-    row = _row_rope_index(cfg, row_ids, real[k:j])
-    position_ids[:, r, valid] = row.positions
-    deltas[r] = row.delta
-    for g, (s, e) in enumerate(row.images):
-      image_index[r, valid[s:e]] = offsets[k + g] + np.arange(e - s)
-    k = j
+    for seg in segments(mask[r]):
+      valid = np.nonzero(mask[r] == seg)[0]
+      # Images of this sequence: as many real grids as it takes to cover its image tokens.
+      count = int(is_img[r, valid].sum())
+      need, j = count, k
+      while need > 0 and j < len(real):
+        need -= int(_tokens_per_image(cfg, real[j:j + 1])[0])
+        j += 1
+      if need != 0:
+        raise ValueError(f"row {r}: {count} image tokens do not match the images of image_grid_thw "
+                         f"(images {k}..{j - 1} give {count - need})")
+      row = _row_rope_index(cfg, ids[r, valid], real[k:j])
+      position_ids[:, r, valid] = row.positions
+      deltas[r] = row.delta
+      for g, (s, e) in enumerate(row.images):
+        image_index[r, valid[s:e]] = offsets[k + g] + np.arange(e - s)
+      k = j
   if k != len(real):
     raise ValueError(f"image_grid_thw has {len(real)} images but the batch only holds tokens for {k}")
   out.update(position_ids=position_ids, rope_deltas=deltas, image_index=image_index)

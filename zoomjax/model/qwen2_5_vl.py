@@ -58,10 +58,17 @@ class Qwen2_5_VL(nn.Module):
 
 
 def causal_mask(attention_mask: jax.Array) -> jax.Array:
-  """bool[B, T, T]: key s visible to query t when s <= t and s is not padding (the reference's mask)."""
+  """bool[B, T, T]: key s visible to query t when s <= t, s is not padding, and s and t belong to the same
+  segment.
+
+  `attention_mask` is 0 for padding and a segment id > 0 for every real token: all ones (one sequence per
+  row, the reference's mask) or 1, 1, .., 2, 2, .. for a packed row (`zoomjax.data.packing`), whose
+  sequences then never see each other. A padding query sees every real key before it, as the
+  reference's does (its output is never used; this keeps its softmax finite)."""
   t = attention_mask.shape[1]
   causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
-  return causal[None] & (attention_mask[:, None, :] > 0)
+  q, k = attention_mask[:, :, None], attention_mask[:, None, :]
+  return causal[None] & (k > 0) & ((q == k) | (q == 0))
 
 
 def apply(cfg: ModelConfig, params: Any, inputs: dict[str, Any], pixel_values=None) -> jax.Array:

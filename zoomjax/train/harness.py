@@ -369,14 +369,14 @@ def run_loop(setup: Setup, state: TrainState, source: BatchSource, ckpt: checkpo
   """Trains from `start_step` to `cfg.steps`. Returns (state, info) with the last metrics.
 
   `flops_fn(host_batch)` gives the FLOPs of one step (for MFU); `tokens_fn(host_batch)` the tokens it
-  processes on this process (default: the attention mask's sum)."""
+  processes on this process (default: its real tokens, attention mask > 0)."""
   cfg = setup.cfg
   stop = _Stop()
   peak, peak_src = (cfg.log.peak_flops, "config") if cfg.log.peak_flops else flops.device_peak_flops()
   devices = setup.mesh.devices.size
   total_peak = peak if jax.devices()[0].platform == "cpu" else peak * devices
   info: dict[str, Any] = {"peak_flops": total_peak, "peak_source": peak_src, "preempted": False}
-  tokens_fn = tokens_fn or (lambda b: float(b.attention_mask.sum()))
+  tokens_fn = tokens_fn or (lambda b: float((b.attention_mask > 0).sum()))  # ids > 1: packed
   step = start_step
   last_saved = start_step if ckpt is not None and ckpt.latest_step() == start_step else None
   saved_at = time.monotonic()

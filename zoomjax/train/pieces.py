@@ -12,7 +12,7 @@ budget `data.max_patches`, C the flattened patch, 1176):
 
     Piece
       input_ids       int32[1, T]       right-padded tokens
-      attention_mask  int32[1, T]       1 valid, 0 padding
+      attention_mask  int32[1, T]       0 padding, else the example id (1; packed: 1, 2, ..)
       position_ids    int32[3, 1, T]    M-RoPE (t, h, w) ids
       image_index     int32[1, T]       row of the vision output a token takes, -1 for text
       loss_mask       int32[1, T]       weight of each target token (0: not trained on)

@@ -82,6 +82,12 @@ class DataSection:
       0 = the dataset's own maximum.
     max_images: image slots per sequence (likewise); 0 = the dataset's own maximum.
     shuffle_seed: data-order seed; num_epochs: passes over the data (0 = forever).
+    pack: 0 = one example per training sequence, padded to `seq_len`. k >= 1 = up to k whole examples per
+      sequence (`zoomjax.data.packing`: first fit within `seq_len` tokens, `max_patches` patch rows and
+      `max_images` images; each example attends only to itself and keeps its own M-RoPE ids), so padding
+      stops costing compute; `batch_size` counts sequences. `max_patches` / `max_images` left at 0 become
+      k x one example's maximum. Held-out evaluation stays unpacked.
+    pack_bins: sequences the packer fills at once (first fit); more fill better.
   """
 
   kind: str = "toy_earth"
@@ -104,6 +110,8 @@ class DataSection:
   max_images: int = 0
   shuffle_seed: int = 0
   num_epochs: int = 0
+  pack: int = 0
+  pack_bins: int = 8
 
   def validate(self, key: str) -> None:
     _one_of(f"{key}.kind", self.kind, ("toy_earth", "lrs_gro", "synthetic"))
@@ -117,8 +125,9 @@ class DataSection:
     _positive(f"{key}.batch_size", self.batch_size)
     _positive(f"{key}.seq_len", self.seq_len)
     _positive(f"{key}.num_images", self.num_images)
-    for f in ("max_patches", "max_images", "num_epochs"):
+    for f in ("max_patches", "max_images", "num_epochs", "pack"):
       _non_negative(f"{key}.{f}", getattr(self, f))
+    _positive(f"{key}.pack_bins", self.pack_bins)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from zoomjax.data import tokenizer as T
 from zoomjax.data import toy_earth, toy_earth_tokenizer
 from zoomjax.data.lrs_gro import LrsGroSource, split_by_image
 from zoomjax.data.memo import Memo
+from zoomjax.data.packing import packed_sft_pieces
 from zoomjax.data.pipeline import Buckets, sft_batches
 from zoomjax.data.synthetic import SyntheticCopyDataset
 from zoomjax.data.trajectories import ImageBudget, SftDataset
@@ -177,36 +178,65 @@ def build_files(cfg: TrainConfig) -> Data:
               patches_per_image=float(per_image), tokenizer=tok, info=info)
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """Budgets of one packed training sequence (`data.pack`; `zoomjax.data.packing`)."""
+
+  max_patches: int
+  max_images: int
+  bins: int
+
+
+def packing_of(cfg: TrainConfig, data: Data) -> Packing | None:
+  """The packed sequence's budgets for `data.pack = k`: the configured `max_patches` / `max_images`, or k
+  times one example's; None when unpacked."""
+  dc = cfg.data
+  if not dc.pack:
+    return None
+  if not data.max_patches:
+    raise ConfigError("data.pack: packing needs examples with images (this dataset is text only)")
+  return Packing(max_patches=dc.max_patches or dc.pack * data.max_patches,
+                 max_images=dc.max_images or dc.pack * data.max_images, bins=dc.pack_bins)
+
+
 def make_stream(data: Data, dataset: Any, model_cfg, mesh, batch_size: int, num_micro: int, seq_len: int,
-                seed: int, shuffle: bool, num_epochs: int, prefetch: int = 2, eval_mode: bool = False) -> StepStream:
+                seed: int, shuffle: bool, num_epochs: int, prefetch: int = 2, eval_mode: bool = False,
+                packing: Packing | None = None) -> StepStream:
   """A `StepStream` over `dataset` yielding `[A, S_local, b, ...]` device-ready numpy `Piece`s.
 
   Each process's grain pipeline yields one sequence at a time with fixed buckets `(seq_len,
-  max_patches, max_images)`; `eval_mode` keeps the order, makes one pass and pads the last step with
-  blank pieces so every example counts once.
+  max_patches, max_images)`, or with `packing` as many whole examples as fit those budgets;
+  `eval_mode` keeps the order, makes one pass and pads the last step with blank pieces so every
+  example counts once.
   """
   s = batching.num_shards(mesh)
   n_pieces = num_micro * s
   if batch_size % n_pieces:
     raise ConfigError(f"data.batch_size: {batch_size} must be divisible by grad_accum ({num_micro}) x the "
                       f"mesh's batch shards data*fsdp ({s}) = {n_pieces}")
-  if data.max_patches % 4:
-    raise ConfigError(f"data.max_patches: must be a multiple of 4 (2x2 patch merge), got {data.max_patches}")
+  max_patches = packing.max_patches if packing else data.max_patches
+  if max_patches % 4:
+    raise ConfigError(f"data.max_patches: must be a multiple of 4 (2x2 patch merge), got {max_patches}")
   b = batch_size // n_pieces
   lo, hi = batching.local_shard_range(mesh)
-  buckets = Buckets.fixed(seq_len, max(data.max_patches, 4), max(data.max_images, 1))
-  pieces = sft_batches(dataset, jax.process_count(), pad_id=data.pad_id, seed=seed, shuffle=shuffle,
-                       num_epochs=(1 if eval_mode else (num_epochs or None)), buckets=buckets,
-                       drop_remainder=not eval_mode)
+  epochs = 1 if eval_mode else (num_epochs or None)
+  if packing is not None and not eval_mode:
+    pieces = packed_sft_pieces(dataset, seq_len=seq_len, max_patches=max_patches, max_images=packing.max_images,
+                               pad_id=data.pad_id, seed=seed, shuffle=shuffle, num_epochs=epochs, bins=packing.bins)
+  else:
+    buckets = Buckets.fixed(seq_len, max(max_patches, 4), max(data.max_images, 1))
+    pieces = sft_batches(dataset, jax.process_count(), pad_id=data.pad_id, seed=seed, shuffle=shuffle,
+                         num_epochs=epochs, buckets=buckets, drop_remainder=not eval_mode)
   layout = (num_micro, hi - lo, b)
   prepare = lambda ps: batching.assemble(  # noqa: E731
-      ps, layout, lambda pc: batching.make_piece(model_cfg, pc, data.max_patches))
+      ps, layout, lambda pc: batching.make_piece(model_cfg, pc, max_patches))
   return StepStream(pieces, num_micro * (hi - lo) * b, prepare, prefetch=prefetch, pad_last=eval_mode)
 
 
 def train_stream(cfg: TrainConfig, data: Data, model_cfg, mesh) -> StepStream:
   return make_stream(data, data.train, model_cfg, mesh, cfg.data.batch_size, cfg.optim.grad_accum,
-                     cfg.data.seq_len, cfg.data.shuffle_seed, True, cfg.data.num_epochs)
+                     cfg.data.seq_len, cfg.data.shuffle_seed, True, cfg.data.num_epochs,
+                     packing=packing_of(cfg, data))
 
 
 def make_eval_fn(cfg: TrainConfig, data: Data, model_cfg, setup) -> Callable[[Any, int], dict] | None:
