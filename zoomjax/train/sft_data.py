@@ -220,7 +220,7 @@ def make_stream(data: Data, dataset: Any, model_cfg, mesh, batch_size: int, num_
   b = batch_size // n_pieces
   lo, hi = batching.local_shard_range(mesh)
   epochs = 1 if eval_mode else (num_epochs or None)
-  if packing is not None and not eval_mode:
+  if packing is not None:
     pieces = packed_sft_pieces(dataset, seq_len=seq_len, max_patches=max_patches, max_images=packing.max_images,
                                pad_id=data.pad_id, seed=seed, shuffle=shuffle, num_epochs=epochs, bins=packing.bins)
   else:
