@@ -82,11 +82,13 @@ class DataSection:
       0 = the dataset's own maximum.
     max_images: image slots per sequence (likewise); 0 = the dataset's own maximum.
     shuffle_seed: data-order seed; num_epochs: passes over the data (0 = forever).
-    pack: 0 = one example per training sequence, padded to `seq_len`. k >= 1 = up to k whole examples per
-      sequence (`zoomjax.data.packing`: first fit within `seq_len` tokens, `max_patches` patch rows and
-      `max_images` images; each example attends only to itself and keeps its own M-RoPE ids), so padding
-      stops costing compute; `batch_size` counts sequences. `max_patches` / `max_images` left at 0 become
-      k x one example's maximum. Held-out evaluation stays unpacked.
+    pack: 0 = one example per training sequence, padded to `seq_len`. k >= 1 = as many whole examples per
+      sequence as fit (`zoomjax.data.packing`: first fit within `seq_len` tokens, `max_patches` patch rows
+      and `max_images` images; each example attends only to itself and keeps its own M-RoPE ids), so
+      padding stops costing compute; `batch_size` counts sequences. `max_patches` / `max_images` left at 0
+      become k x one example's maximum (room for the images of k examples). Held-out evaluation stays
+      unpacked. Attention is dense, so packing pays where it removes padding without lengthening rows
+      (`benchmarks/bench_pack.py`).
     pack_bins: sequences the packer fills at once (first fit); more fill better.
   """
 
