@@ -4,8 +4,8 @@ GRPO step's time goes.
     python benchmarks/bench_grpo.py [--run runs/embedded] [--prompts 4] [--group 4] [--new-tokens 160]
 
 Model: the export of a training run (`RUN_DIR/hf`, default: the embedded default's, so the policy really
-asks for crops), its tokenizer and `zoomjax_infer.json` protocol; prompts: the first `--prompts` questions
-of the run's Toy Earth `rl.jsonl`, each sampled `--group` times at temperature 1.
+asks for crops), its tokenizer and `zoomjax_infer.json` protocol; prompts: `--prompts` questions drawn from
+the run's Toy Earth `rl.jsonl` (seeded, `--prompt-seed`), each sampled `--group` times at temperature 1.
 
 * **zoomjax**: `rollout(..., group_size=G)` — the batch decoded together with a KV cache, the group's
   prompt prefilled once, stage 1 cut on the host, the crop appended to the cache, stage 2 continued.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -59,8 +60,9 @@ def _released_rollout(model, tok, requests, group: int, cfg, max_new: int):
     pv = torch.from_numpy(np.concatenate([p for p, _ in images]))
     grid = torch.from_numpy(np.stack([g for _, g in images]))
     x = torch.tensor([ids], dtype=torch.long)
-    with torch.no_grad():
+    with torch.no_grad():  # mm_token_type_ids: without it transformers gives image tokens 1-D positions
       out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), pixel_values=pv, image_grid_thw=grid,
+                           mm_token_type_ids=(x == pad_id).to(torch.int32),
                            max_new_tokens=max_new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                            num_return_sequences=n, eos_token_id=stops, pad_token_id=stops[0])
     rows = []
@@ -108,6 +110,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--run", default="runs/embedded")
   p.add_argument("--prompts", type=int, default=4)
+  p.add_argument("--prompt-seed", type=int, default=0, help="which RL prompts (a seeded sample of rl.jsonl)")
   p.add_argument("--group", type=int, default=4)
   p.add_argument("--new-tokens", type=int, default=160)
   p.add_argument("--rounds", type=int, default=5)
@@ -127,7 +130,10 @@ def main(argv=None) -> int:
   model_dir = hf.model_dir(args.run)
   with open(os.path.join(args.run, "summary.json")) as fh:
     root = json.load(fh).get("data_root") or os.path.join(args.run, "data")
-  rows = list(LrsGroSource(os.path.join(root, "rl.jsonl"), os.path.join(root, "images")))[:args.prompts]
+  rows = list(LrsGroSource(os.path.join(root, "rl.jsonl"), os.path.join(root, "images")))
+  # a seeded sample, as a GRPO batch draws from the shuffled split (the file lists each image's global
+  # questions first: its first rows would be prompts that never zoom)
+  rows = random.Random(args.prompt_seed).sample(rows, min(args.prompts, len(rows)))
   requests = [Request(os.path.join(root, "images", r.image_name), r.question) for r in rows]
   d = hf.inference_defaults(model_dir)
   cfg = LoopConfig(protocol=d.get("protocol", "released"), version=d.get("version"),
