@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from zoomjax.data.pipeline import EXAMPLE_ERRORS, PATCH_DIM, ExampleTooLongError, Indexed, process_shard
+from zoomjax.data.pipeline import PATCH_DIM, ExampleTooLongError, example_order
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +118,11 @@ def packed_sft_pieces(examples, *, seq_len: int, max_patches: int, max_images: i
   """
   import grain
   from grain.experimental import FirstFitPackIterDataset
-  if on_error not in ("skip", "raise"):
-    raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
   for name, v in (("seq_len", seq_len), ("max_patches", max_patches), ("max_images", max_images), ("bins", bins)):
     if v < 1:
       raise ValueError(f"{name} must be >= 1 for packing, got {v}")
-  if len(examples) == 0:
-    raise ValueError("the dataset is empty")
-  p, n = process_shard(shard_index, shard_count)
-  ds = grain.MapDataset.source(Indexed(examples, EXAMPLE_ERRORS if on_error == "skip" else ()))
-  if shuffle:
-    ds = ds.shuffle(seed=int(seed) % 2**32)
-  ds = ds.repeat(num_epochs)
-  if n > 1:
-    ds = ds[p::n]
+  ds = example_order(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
+                     shard_count=shard_count, on_error=on_error)
   skips = _Skips(seq_len, max_patches, max_images, on_error)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads)))
   it = it.filter(skips.keep).map(_features)

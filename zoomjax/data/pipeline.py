@@ -79,7 +79,7 @@ class Buckets:
     return cls((seq_len,), (pixel_rows,), (images,))
 
 
-def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   if shard_index is None or shard_count is None:
     import jax
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -89,7 +89,7 @@ def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int
   return int(shard_index), int(shard_count)
 
 
-class Indexed:
+class _Indexed:
   """Source wrapper: `[i]` -> (i, source[i] or the exception it raised)."""
 
   def __init__(self, source, errors: tuple[type[BaseException], ...]):
@@ -110,23 +110,32 @@ class Indexed:
 EXAMPLE_ERRORS = (I.ImageError, OSError, ValueError)
 
 
-def _stream(source, batch_size: int, *, seed: int, shuffle: bool, num_epochs: int | None,
-            shard_index: int | None, shard_count: int | None, collate: Callable, drop_remainder: bool,
-            on_error: str):
+def example_order(source, *, seed: int, shuffle: bool, num_epochs: int | None, shard_index: int | None,
+                  shard_count: int | None, on_error: str):
+  """This process's examples in training order, as `(index, example or the exception it raised)` pairs (a
+  grain MapDataset): the source shuffled per epoch (`seed + epoch`), repeated `num_epochs` times (None =
+  forever), element `p + n*j` to process `p` of `n`. With `on_error="raise"` example errors propagate."""
   import grain
   if on_error not in ("skip", "raise"):
     raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
   if len(source) == 0:
     raise ValueError("the dataset is empty")
-  p, n = process_shard(shard_index, shard_count)
-  if batch_size % n:
-    raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes {n}")
-  ds = grain.MapDataset.source(Indexed(source, EXAMPLE_ERRORS if on_error == "skip" else ()))
+  p, n = _process_shard(shard_index, shard_count)
+  ds = grain.MapDataset.source(_Indexed(source, EXAMPLE_ERRORS if on_error == "skip" else ()))
   if shuffle:
     ds = ds.shuffle(seed=int(seed) % 2**32)
   ds = ds.repeat(num_epochs)
-  if n > 1:
-    ds = ds[p::n]
+  return ds[p::n] if n > 1 else ds
+
+
+def _stream(source, batch_size: int, *, seed: int, shuffle: bool, num_epochs: int | None,
+            shard_index: int | None, shard_count: int | None, collate: Callable, drop_remainder: bool,
+            on_error: str):
+  _, n = _process_shard(shard_index, shard_count)
+  if batch_size % n:
+    raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes {n}")
+  ds = example_order(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
+                     shard_count=shard_count, on_error=on_error)
   local = batch_size // n
   return ds.batch(local, drop_remainder=drop_remainder, batch_fn=lambda items: collate(items, local))
 
