@@ -131,12 +131,3 @@ def packed_sft_pieces(examples, *, seq_len: int, max_patches: int, max_images: i
                                num_packing_bins=bins, shuffle_bins=False)
   return it.map(lambda x: _to_piece(x, pad_id, skips))
 
-
-def fill(pieces: list[dict[str, np.ndarray]]) -> dict[str, float]:
-  """Share of the token and patch budgets real examples use, and examples per piece (for reports)."""
-  tok = np.mean([float((p["attention_mask"] > 0).mean()) for p in pieces])
-  rows = [p["pixel_values"].shape[0] for p in pieces]
-  used = [int(np.prod(g, axis=-1).sum()) for g in (p["image_grid_thw"] for p in pieces)]
-  per = np.mean([len(set(p["attention_mask"][p["attention_mask"] > 0].tolist())) for p in pieces])
-  return {"token_fill": float(tok), "patch_fill": float(np.sum(used) / max(np.sum(rows), 1)),
-          "examples_per_piece": float(per)}
