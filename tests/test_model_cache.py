@@ -164,7 +164,7 @@ def test_decode_across_attention_blocks_of_a_long_cache(model):
 
 def test_decode_step_updates_the_donated_cache_in_place(model):
   """The compiled decode step aliases the cache buffers (input -> output) and needs no temporary the size
-  of a cache array: it writes the new token's slots instead of rebuilding [L, B, S, K, H]."""
+  of a cache array: it writes the new token's slots instead of rebuilding [L, B, K, S, H]."""
   cfg, params = model
   cache = cache_lib.init_cache(cfg, 4, 4096)
   mem = cache_lib.decode_jit.lower(cfg, params, cache, np.zeros((4,), np.int32)).compile().memory_analysis()

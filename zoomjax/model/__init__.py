@@ -28,7 +28,7 @@ logical axes). `cfg.scan_layers` stacks per-layer leaves on a leading `layers` a
 KV cache (zoomjax.model.cache; the generator's API)
 ---------------------------------------------------
     cache = init_cache(cfg, batch, max_len, dtype=None)
-        {"k", "v": [L, B, S, K, H], "length": int32[B], "rope_deltas": int32[B]}; rows packed from slot 0.
+        {"k", "v": [L, B, K, S, H], "length": int32[B], "rope_deltas": int32[B]}; rows packed from slot 0.
     inputs = prepare_extend(cfg, histories, cached_lengths, image_grids=None, pad_to=None,
                             pad_patches_to=None)           (host)
         per row: full token history, how much of it is cached, grids of all its images; returns the new

@@ -3,8 +3,8 @@
 Layout (a plain dict, a pytree; donate it to the jitted functions):
 
     cache = {
-      "k": [L, B, S, K, H],        keys after M-RoPE, slot s of row b = the row's s-th token
-      "v": [L, B, S, K, H],
+      "k": [L, B, K, S, H],        keys after M-RoPE, slot s of row b = the row's s-th token
+      "v": [L, B, K, S, H],
       "length": int32[B],          tokens of each row already in the cache (rows differ)
       "rope_deltas": int32[B],     M-RoPE offset of each row (see zoomjax.model.inputs)
     }
@@ -30,7 +30,7 @@ Rows are packed from slot 0 (no left padding): row b's tokens occupy slots `[0, 
   GRPO group once and copies its rows into the group's G rows with these.
 
 Slots past the cache size S are dropped silently: size the cache for the longest row (`max_len`).
-The jitted versions `extend_jit` / `decode_jit` donate the cache. The [L, B, S, K, H] stacks are carried
+The jitted versions `extend_jit` / `decode_jit` donate the cache. The [L, B, K, S, H] stacks are carried
 whole through the layer loop (`nn.scan` carry) and each layer scatters only its new B * Tn slots, so with
 the cache donated an update is in place: a decode step writes B slots per layer and reads the cache once
 for attention, instead of rewriting the whole cache.
@@ -49,8 +49,8 @@ from zoomjax.model.layers import as_dtype
 Cache = dict[str, jax.Array]
 
 CACHE_LOGICAL_AXES = {
-    "k": ("layers", "activation_batch", None, "activation_kv_heads", None),
-    "v": ("layers", "activation_batch", None, "activation_kv_heads", None),
+    "k": ("layers", "activation_batch", "activation_kv_heads", None, None),
+    "v": ("layers", "activation_batch", "activation_kv_heads", None, None),
     "length": ("activation_batch",),
     "rope_deltas": ("activation_batch",),
 }
@@ -61,7 +61,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
   """An empty cache for `batch` rows of at most `max_len` tokens (dtype defaults to cfg.dtype)."""
   t = cfg.text
   dt = as_dtype(dtype or cfg.dtype)
-  shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+  shape = (t.num_hidden_layers, batch, t.num_key_value_heads, max_len, t.head_dim)
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
           "length": jnp.zeros((batch,), jnp.int32), "rope_deltas": jnp.zeros((batch,), jnp.int32)}
 
@@ -69,7 +69,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
 def _run(cfg, params, cache, input_ids, position_ids, write_pos, image_index=None, pixel_values=None,
          vision_meta=None, logits_index=None):
   from zoomjax.model.qwen2_5_vl import Qwen2_5_VL
-  s = cache["k"].shape[2]
+  s = cache["k"].shape[3]
   mask = jnp.arange(s)[None, None, :] <= write_pos[:, :, None]        # [B, Tn, S]
   logits, (k, v) = Qwen2_5_VL(cfg).apply(
       {"params": params}, input_ids, position_ids, mask, image_index, pixel_values, vision_meta,
@@ -114,13 +114,13 @@ def _row_axis(name: str) -> int:
 
 
 def take_rows(cache: Cache, index: jax.Array) -> Cache:
-  """The cache of rows `index` (int32[B']), in that order: k/v [L, B', S, K, H], length/rope_deltas [B']."""
+  """The cache of rows `index` (int32[B']), in that order: k/v [L, B', K, S, H], length/rope_deltas [B']."""
   return {name: jnp.take(a, index, axis=_row_axis(name)) for name, a in cache.items()}
 
 
 def put_rows(cache: Cache, rows: jax.Array, src: Cache, src_index: jax.Array) -> Cache:
   """`cache` with row `rows[i]` replaced by row `src_index[i]` of `src` (rows, src_index int32[R]; rows
-  outside [0, B) are skipped). Both caches must have the same L, S, K, H."""
+  outside [0, B) are skipped). Both caches must have the same L, K, S, H."""
   out = {}
   for name, a in cache.items():
     new = jnp.take(src[name], src_index, axis=_row_axis(name))

@@ -36,7 +36,7 @@ from zoomjax.model.layers import (_MASK_VALUE, Projection, RMSNorm, SwiGLU, as_d
                                   maybe_remat, param_with_axes)
 from zoomjax.model.leaves import LeafSource, LeafTable
 
-KVCache = Any  # tuple (k, v), each the whole [L, B, S, K, H] stack, or None
+KVCache = Any  # tuple (k, v), each the whole [L, B, K, S, H] stack, or None
 BTD = ("activation_batch", "activation_length", "activation_embed")
 
 
@@ -49,11 +49,11 @@ class Attention(nn.Module):
   def __call__(self, x, cos, sin, mask, kv_cache: KVCache = None, write_pos=None, layer=None):
     """x: [B, T, D]; cos/sin: [B, T, H]; mask: bool[B, T, S].
 
-    kv_cache: None (keys are the T new tokens) or the whole stack `(k, v)`, each [L, B, S, K, H], of which
+    kv_cache: None (keys are the T new tokens) or the whole stack `(k, v)`, each [L, B, K, S, H], of which
     this layer owns entry `layer` (an int, or a traced int32 scalar under `nn.scan`). The new keys/values
-    are written in place at `[layer, b, write_pos[b, t]]` (write_pos int32[B, T]; out-of-range slots are
-    dropped) and the layer then attends over its [B, S, K, H] slice. Only B*T slots are written, so with
-    the cache donated a decode step costs O(B*S) reads, not a rewrite of the [L, B, S, K, H] arrays.
+    are written in place at `[layer, b, :, write_pos[b, t]]` (write_pos int32[B, T]; out-of-range slots are
+    dropped) and the layer then attends over its [B, K, S, H] slice. Only B*T slots are written, so with
+    the cache donated a decode step costs O(B*S) reads, not a rewrite of the [L, B, K, S, H] arrays.
     Returns (y [B, T, D], updated (k, v) stack or None).
     """
     t = self.cfg.text
@@ -75,17 +75,19 @@ class Attention(nn.Module):
     if kv_cache is not None:
       ck, cv = kv_cache
       rows = jnp.arange(x.shape[0])[:, None]
-      ck = ck.at[layer, rows, write_pos].set(k.astype(ck.dtype), mode="drop")
-      cv = cv.at[layer, rows, write_pos].set(v.astype(cv.dtype), mode="drop")
+      # advanced indices split by the K slice: the indexed block is laid out [B, T, K, H], as k and v are
+      ck = ck.at[layer, rows, :, write_pos].set(k.astype(ck.dtype), mode="drop")
+      cv = cv.at[layer, rows, :, write_pos].set(v.astype(cv.dtype), mode="drop")
       new_cache = (ck, cv)
     if kv_cache is not None and x.shape[1] == 1:
       # decode step: only the blocks of the cache that hold some row's tokens are read
-      used = jnp.clip(jnp.max(write_pos) + 1, 1, ck.shape[2])
+      used = jnp.clip(jnp.max(write_pos) + 1, 1, ck.shape[3])
       out = decode_attention(q, ck, cv, layer, mask, used, dt)
     else:
       if kv_cache is not None:
-        k, v = ck[layer].astype(dt), cv[layer].astype(dt)
-      out = dot_attention(q, k, v, mask, dt)
+        out = dot_attention(q, ck[layer].astype(dt), cv[layer].astype(dt), mask, dt, kv_heads_first=True)
+      else:
+        out = dot_attention(q, k, v, mask, dt)
     out = checkpoint_name(out, "attn_out")
     y = Projection((d,), ("q_heads", "head_dim", "embed"), in_dims=2, dtype=dt, param_dtype=pdt, name="o_proj")(out)
     return y, new_cache
@@ -99,7 +101,7 @@ def decode_attention(q, ck, cv, layer, mask, used, dtype, block: int = DECODE_BL
   """`dot_attention` of one query per row over layer `layer` of a KV-cache stack, skipping unused slots.
 
   Args:
-    q: [B, 1, N, H]; ck, cv: the cache stacks [L, B, S, K, H]; layer: int or int32 scalar.
+    q: [B, 1, N, H]; ck, cv: the cache stacks [L, B, K, S, H]; layer: int or int32 scalar.
     mask: bool[B, 1, S]; used: int32 scalar, slots `>= used` are masked for every row (max length).
     dtype: compute dtype (scores and softmax statistics in float32, as `dot_attention`).
   Returns:
@@ -107,37 +109,38 @@ def decode_attention(q, ck, cv, layer, mask, used, dtype, block: int = DECODE_BL
 
   The cache is read in blocks of `gcd(S, block)` slots, in a loop over only the `ceil(used / block)`
   blocks that hold tokens, with the running-max (online) softmax, so a step's cost follows the longest
-  row, not the cache size S. Scores are laid out [B, S, K, G] so both contractions read the cache in its
-  stored [B, S, K, H] layout (`dot_attention`'s `bkgts` layout makes XLA copy k and v transposed first).
+  row, not the cache size S. Each (row, KV head) pair is one contiguous [S, H] panel, so both contractions
+  are B * K small matrix products that stream their panel in order (a slot-major [B, S, K, H] cache made
+  the same attention 1.3-1.5x slower on XLA CPU: `benchmarks/results/rollout.md`).
   """
   b, _, n, h = q.shape
-  _, _, s, kv, _ = ck.shape
-  qg = q.reshape(b, kv, n // kv, h)
+  _, _, kv, s, _ = ck.shape
+  g = n // kv
+  qg = q.reshape(b, kv, g, h)
   scale = h ** -0.5
   c = math.gcd(s, block)
   if c >= s or c < 32:      # one block: plain softmax over the whole cache
     k, v = ck[layer].astype(dtype), cv[layer].astype(dtype)
-    scores = jnp.einsum("bkgh,bskh->bskg", qg, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask[:, 0, :, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=1).astype(dtype)
-    return jnp.einsum("bskg,bskh->bkgh", probs, v).reshape(b, 1, n, h)
+    scores = jnp.einsum("bkgh,bksh->bkgs", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, 0, None, None, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bkgs,bksh->bkgh", probs, v).reshape(b, 1, n, h)
 
   def body(i, carry):
     m, l, acc = carry
     start = i * c
-    k = jax.lax.dynamic_slice(ck, (layer, 0, start, 0, 0), (1, b, c, kv, h))[0].astype(dtype)
-    v = jax.lax.dynamic_slice(cv, (layer, 0, start, 0, 0), (1, b, c, kv, h))[0].astype(dtype)
+    k = jax.lax.dynamic_slice(ck, (layer, 0, 0, start, 0), (1, b, kv, c, h))[0].astype(dtype)
+    v = jax.lax.dynamic_slice(cv, (layer, 0, 0, start, 0), (1, b, kv, c, h))[0].astype(dtype)
     valid = jax.lax.dynamic_slice_in_dim(mask[:, 0], start, c, axis=1)                  # [B, C]
-    sc = jnp.einsum("bkgh,bskh->bskg", qg, k, preferred_element_type=jnp.float32) * scale
-    sc = jnp.where(valid[:, :, None, None], sc, _MASK_VALUE)
-    m_new = jnp.maximum(m, jnp.max(sc, axis=1))                                          # [B, K, G]
-    p = jnp.exp(sc - m_new[:, None])
+    sc = jnp.einsum("bkgh,bksh->bkgs", qg, k, preferred_element_type=jnp.float32) * scale
+    sc = jnp.where(valid[:, None, None, :], sc, _MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(sc, axis=-1))                                         # [B, K, G]
+    p = jnp.exp(sc - m_new[..., None])
     corr = jnp.exp(m - m_new)
-    acc = acc * corr[..., None] + jnp.einsum("bskg,bskh->bkgh", p.astype(dtype), v,
+    acc = acc * corr[..., None] + jnp.einsum("bkgs,bksh->bkgh", p.astype(dtype), v,
                                              preferred_element_type=jnp.float32)
-    return m_new, l * corr + jnp.sum(p, axis=1), acc
+    return m_new, l * corr + jnp.sum(p, axis=-1), acc
 
-  g = n // kv
   init = (jnp.full((b, kv, g), _MASK_VALUE, jnp.float32), jnp.zeros((b, kv, g), jnp.float32),
           jnp.zeros((b, kv, g, h), jnp.float32))
   _, l, acc = jax.lax.fori_loop(0, (used + c - 1) // c, body, init)
@@ -147,7 +150,7 @@ def decode_attention(q, ck, cv, layer, mask, used, dtype, block: int = DECODE_BL
 class DecoderLayer(nn.Module):
   """Pre-norm decoder block. Signature fits `nn.scan`: (carry, *broadcast/scanned args) -> (carry, None).
 
-  The carry is `x` [B, T, D] without a cache, or `(x, (k, v))` with the whole [L, B, S, K, H] cache stack,
+  The carry is `x` [B, T, D] without a cache, or `(x, (k, v))` with the whole [L, B, K, S, H] cache stack,
   so that under `nn.scan` the cache is one loop-carried buffer updated in place (as scanned xs/ys it
   would be sliced and re-stacked, i.e. rewritten, at every call); `layer` is this block's index.
   """
@@ -204,7 +207,7 @@ class LanguageModel(nn.Module):
       x: [B, T, D] input embeddings (image features already merged).
       position_ids: int32[3, B, T] M-RoPE ids.
       mask: bool[B, T, S].
-      kv_cache: None or `(k, v)` each [L, B, S, K, H]; write_pos: int32[B, T] cache slots of the new tokens.
+      kv_cache: None or `(k, v)` each [L, B, K, S, H]; write_pos: int32[B, T] cache slots of the new tokens.
       logits_index: None (logits at every position) or int32[B, J]: only positions `logits_index[b, j]` of
         each row go through the final norm and the head (e.g. the last new token: J = 1).
     Returns:

@@ -119,24 +119,27 @@ class SwiGLU(nn.Module):
     return proj(self.hidden_size, (self.mlp_axis, self.embed_axis), "down_proj")(h)
 
 
-def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: Dtype) -> jax.Array:
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: Dtype, *,
+                  kv_heads_first: bool = False) -> jax.Array:
   """Grouped-query softmax attention.
 
   Args:
-    q: [B, T, N, H] queries (N = K * G query heads); k, v: [B, S, K, H].
+    q: [B, T, N, H] queries (N = K * G query heads); k, v: [B, S, K, H], or [B, K, S, H] (the KV cache's
+      layout) with `kv_heads_first`.
     mask: bool[B, T, S], True where query t may attend to key s.
     dtype: compute dtype of the output (softmax always in float32, as the reference's eager path).
   Returns:
     [B, T, N, H].
   """
   b, t, n, h = q.shape
-  kv = k.shape[2]
+  kv = k.shape[1 if kv_heads_first else 2]
   g = n // kv
   q = q.reshape(b, t, kv, g, h)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (h ** -0.5)
+  keys = "bksh" if kv_heads_first else "bskh"
+  scores = jnp.einsum(f"btkgh,{keys}->bkgts", q, k, preferred_element_type=jnp.float32) * (h ** -0.5)
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dtype))
+  out = jnp.einsum(f"bkgts,{keys}->btkgh", probs, v.astype(dtype))
   return out.reshape(b, t, n, h)
 
 
