@@ -196,3 +196,26 @@ def test_unstacked_layers_and_row_copies(scanned_model):
   both = cache_lib.put_rows(cache, np.asarray([0, 5], np.int32), small, np.asarray([0, 0], np.int32))  # 5: skipped
   np.testing.assert_array_equal(np.asarray(both["k"][:, 0]), np.asarray(cache["k"][:, 1]))
   np.testing.assert_array_equal(np.asarray(both["length"]), [3, 3])
+
+
+def test_untied_head_gives_the_tied_logits(scanned_model):
+  """`untie_head` (the generator's CPU layout of a tied head) reads a [D, V] copy of the embedding: same
+  logits as the tied model on text and on an image prompt, through the cache too."""
+  from zoomjax.model.qwen2_5_vl import untie_head
+  cfg, params = scanned_model
+  assert cfg.text.tie_word_embeddings
+  ucfg, up = untie_head(cfg, params)
+  assert not ucfg.text.tie_word_embeddings and untie_head(ucfg, up)[1] is up
+  emb = np.asarray(params["language"]["embed_tokens"]["embedding"])
+  np.testing.assert_array_equal(np.asarray(up["language"]["lm_head"]["kernel"]), emb.T)
+  grid = [1, 4, 4]
+  hist = [5, 6] + _img(cfg, grid) + [7, 8, 9]
+  px = [np.random.RandomState(0).randn(16, cfg.vision.patch_dim).astype(np.float32)]
+  np.testing.assert_allclose(_full_logits(ucfg, up, hist, px, [grid]), _full_logits(cfg, params, hist, px, [grid]),
+                             atol=1e-5, rtol=0)
+  cache = cache_lib.init_cache(ucfg, 1, 32)
+  inputs = prepare_extend(ucfg, [[5, 6, 7, 8]], np.zeros(1, np.int64), pad_to=8)
+  _, cache = cache_lib.extend_jit(ucfg, up, cache, inputs)
+  logits, _ = cache_lib.decode_jit(ucfg, up, cache, np.asarray([3], np.int32))
+  np.testing.assert_allclose(np.asarray(logits[0]), _full_logits(cfg, params, [5, 6, 7, 8, 3], [], [])[-1],
+                             atol=TOL, rtol=0)

@@ -14,6 +14,7 @@ once per (config, shapes):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -146,6 +147,27 @@ def unstack_layers(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, Any]:
   if not cfg.scan_layers:
     return cfg, params
   return cfg.replace(scan_layers=False), _unstack(cfg, params)
+
+
+@jax.jit
+def _untie(params: Any) -> Any:
+  lang = dict(params["language"])
+  lang["lm_head"] = {"kernel": jnp.transpose(lang["embed_tokens"]["embedding"])}
+  return {**params, "language": lang}
+
+
+def untie_head(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, Any]:
+  """A tied output head as its own [D, V] kernel (`language/lm_head/kernel` = the embedding transposed, a
+  copy): the same logits, read as `x @ W` instead of `x @ E^T`.
+
+  Returns `(cfg with text.tie_word_embeddings=False, params)`; an untied config is returned as is. Used by
+  the generator on CPU, where XLA's small-batch dot against the transposed [V, D] embedding streams it
+  at about half the bandwidth of the [D, V] layout (the head is the largest matrix of a decode step:
+  benchmarks/results/rollout.md).
+  """
+  if not cfg.text.tie_word_embeddings:
+    return cfg, params
+  return cfg.replace(text=dataclasses.replace(cfg.text, tie_word_embeddings=False)), _untie(params)
 
 
 _apply_jit = jax.jit(apply, static_argnums=0)

@@ -28,7 +28,8 @@ jits, with the params as an argument and the cache donated:
 
 On CPU the programs read a per-layer copy of the weights (`Generator(unstack=...)`,
 `qwen2_5_vl.unstack_layers`): under `nn.scan` each decode step copies every layer's weights out of the
-stacked arrays before its matmuls.
+stacked arrays before its matmuls; and a tied head reads its own [D, V] copy of the embedding
+(`qwen2_5_vl.untie_head`), which XLA's CPU dot streams twice as fast as the [V, D] table.
 
 Invariants of a `Session` row: the cache holds the row's whole token history, and `next_logits[b]` are
 the model's logits after it. `rollback` breaks the second (the row is "stale" until the next `append`).
@@ -61,7 +62,7 @@ from zoomjax.model import cache as cache_lib
 from zoomjax.model.buckets import round_up
 from zoomjax.model.config import ModelConfig
 from zoomjax.model.inputs import prepare_extend
-from zoomjax.model.qwen2_5_vl import unstack_layers
+from zoomjax.model.qwen2_5_vl import unstack_layers, untie_head
 # GREEDY and Sampling are also public here (`from zoomjax.rollout.generate import Sampling`).
 from zoomjax.rollout.sampling import GREEDY, Sampling, sample_tokens  # noqa: F401
 
@@ -182,9 +183,11 @@ class Generator:
       `zoomjax.model.cache.CACHE_LOGICAL_AXES` through `rules` (batch over data/fsdp, KV heads over tensor)
       and the device programs run under `sharding.activation_rules(mesh, rules)`.
     unstack: run the programs on a per-layer copy of stacked (`cfg.scan_layers`) weights
-      (`qwen2_5_vl.unstack_layers`; `run_cfg` / `run_params`). Default: on the CPU backend, where a scanned
-      decode step copies every layer's weights out of the stacks (measured in
-      benchmarks/results/rollout.md); it costs a second copy of the weights while the caller keeps its own.
+      (`qwen2_5_vl.unstack_layers`) with a tied head as its own [D, V] kernel (`qwen2_5_vl.untie_head`;
+      `run_cfg` / `run_params`). Default: on the CPU backend, where a scanned decode step copies every
+      layer's weights out of the stacks and the head reads the [V, D] embedding at half speed (measured
+      in benchmarks/results/rollout.md); it costs a second copy of the weights while the caller keeps
+      its own.
   """
 
   def __init__(self, cfg: ModelConfig, params: Any, *, cache_dtype: Any = None, min_bucket: int = 16,
@@ -205,8 +208,9 @@ class Generator:
   def params(self, params: Any) -> None:
     """New weights (e.g. after a policy update); the per-layer copy the programs read is rebuilt."""
     self._params = params
-    self.run_cfg, self.run_params = (unstack_layers(self.cfg, params) if self.unstack and self.cfg.scan_layers
-                                     else (self.cfg, params))
+    self.run_cfg, self.run_params = self.cfg, params
+    if self.unstack:
+      self.run_cfg, self.run_params = untie_head(*unstack_layers(self.cfg, params))
 
   def _context(self):
     if self.mesh is None:
