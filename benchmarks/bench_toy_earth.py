@@ -189,7 +189,8 @@ def main() -> int:
     run_dir = os.path.join(out_dir, f"seed{seed}")
     start = end = None
     if not (args.reuse and os.path.isfile(os.path.join(run_dir, "results.md"))):
-      shutil.rmtree(run_dir, ignore_errors=True)
+      for stale in (run_dir, f"{run_dir}_sft", f"{run_dir}_no_loc"):   # an ablation belongs to its run
+        shutil.rmtree(stale, ignore_errors=True)
       start = time.time()
       train([f"run_dir={run_dir}", f"seed={seed}", f"data.root={data_root}", "log.progress=false", *overrides],
             os.path.join(out_dir, f"seed{seed}.log"))
