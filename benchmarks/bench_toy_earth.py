@@ -86,6 +86,11 @@ def pooled(report: dict, levels=("region", "object")) -> float:
   return sum(by[k]["n_correct"] for k in levels if k in by) / max(n, 1)
 
 
+def _rows(path: str) -> list[dict]:
+  with open(path) as fh:
+    return [json.loads(line) for line in fh if line.strip()]
+
+
 def collect(run_dir: str, data_root: str) -> dict:
   from zoomjax.data import toy_earth
   with open(os.path.join(run_dir, "summary.json")) as fh:
@@ -99,9 +104,7 @@ def collect(run_dir: str, data_root: str) -> dict:
   out["zoom_off"] = {"accuracy": off["overall"]["accuracy"], "by_type": off["by_type"]}
   out["zoom_drop_region_object"] = pooled(out["grpo"]) - pooled(out["zoom_off"])
   ann = os.path.join(os.path.dirname(stages["grpo"]["answers"]["path"]), "annotations.jsonl")
-  rows = [json.loads(line) for line in open(ann) if line.strip()]
-  train_rows = [json.loads(line) for line in open(os.path.join(data_root, "sft.jsonl")) if line.strip()]
-  out["blind"] = toy_earth.majority_baseline(train_rows, rows)
+  out["blind"] = toy_earth.majority_baseline(_rows(os.path.join(data_root, "sft.jsonl")), _rows(ann))
   return out
 
 
