@@ -104,16 +104,19 @@ def test_continuation_with_new_image_equals_fresh_prefill(ref):
   # Drop the last 2 generated tokens of row 0, then append text + a new image + text mid-sequence.
   sess.rollback(0, sess.length(0) - 2)
   extra = _text(rs, 3) + t2 + _text(rs, 5)
-  sess.append([extra, []], [[im2], []])
+  row1 = (list(sess.histories[1]), np.asarray(sess._logits[1]))
+  sess.append([extra, []], [[im2], []])    # row 0 alone is computed; row 1 is left as it was
   history = list(sess.histories[0])
   assert history == prompt + first[0].tokens[:5] + extra
   full = np.asarray(forward(cfg, params, np.array([history]), np.concatenate([im1.pixel_values, im2.pixel_values]),
                             np.stack([im1.grid_thw, im2.grid_thw])))[0, -1]
   np.testing.assert_allclose(np.asarray(sess._logits[0]), full, atol=1e-4, rtol=0)
-  # and every later token matches greedy over the full sequence
-  cont = sess.generate([10, 0], GREEDY)
-  assert len(cont[0].tokens) == 10 and cont[1].finish == "length" and cont[1].tokens == []
-  _check_greedy(cfg, params, [history], [[im1, im2]], [cont[0]])
+  assert sess.histories[1] == row1[0]
+  np.testing.assert_array_equal(np.asarray(sess._logits[1]), row1[1])
+  # and every later token of both rows matches greedy over the full sequence
+  cont = sess.generate([10, 4], GREEDY)
+  assert len(cont[0].tokens) == 10 and len(cont[1].tokens) == 4
+  _check_greedy(cfg, params, [history, row1[0]], [[im1, im2], []], cont)
 
 
 def test_all_new_token_logits_of_a_continuation_equal_the_full_forward(ref):

@@ -117,6 +117,36 @@ def test_prefill_with_image_then_continuation_with_new_image(scanned_model):
   _check(cfg, params, hists, pix, grids, cache, seen)
 
 
+def test_extend_with_kv_len_reads_only_the_filled_slots(model):
+  """`kv_len` bounds the slots a prefill / continuation attends over: the same logits and cache as the
+  whole cache, equal to the no-cache forward, with garbage in the slots past `kv_len` left untouched."""
+  cfg, params = model
+  rs = np.random.RandomState(5)
+  g0 = [1, 4, 4]
+  p0 = rs.randn(int(np.prod(g0)), cfg.vision.patch_dim).astype(np.float32)
+  first = [list(rs.randint(0, 400, 9)), list(rs.randint(0, 400, 5))]
+  more = [list(rs.randint(0, 400, 2)) + _img(cfg, g0) + list(rs.randint(0, 400, 3)), list(rs.randint(0, 400, 4))]
+  runs = {}
+  for kv_len in (None, 32):      # rows reach 9 + 16 (tn) <= 32 slots of the 256
+    cache = cache_lib.init_cache(cfg, 2, 256)
+    cache["k"], cache["v"] = cache["k"] + 50.0, cache["v"] - 50.0
+    inputs = prepare_extend(cfg, first, [0, 0], pad_to=16)
+    l1, cache = cache_lib.extend_jit(cfg, params, cache, inputs, kv_len=kv_len)
+    hists = [a + b for a, b in zip(first, more)]
+    inputs = prepare_extend(cfg, hists, [9, 5], [np.array([g0]), None], pad_to=16)
+    l2, cache = cache_lib.extend_jit(cfg, params, cache, inputs, p0, kv_len=kv_len)
+    runs[kv_len] = (np.asarray(l1), np.asarray(l2), np.asarray(cache["k"]), np.asarray(cache["v"]))
+  for a, b in zip(runs[None][:2], runs[32][:2]):
+    np.testing.assert_allclose(b, a, atol=TOL, rtol=0)
+  for r, n in enumerate((9, 5)):       # the cached tokens' keys / values agree over each row's length
+    for a, b in zip(runs[None][2:], runs[32][2:]):
+      np.testing.assert_allclose(b[:, r, :, :n + len(more[r])], a[:, r, :, :n + len(more[r])], atol=TOL, rtol=0)
+  np.testing.assert_array_equal(runs[32][2][:, :, :, 32:], 50.0)
+  np.testing.assert_array_equal(runs[32][3][:, :, :, 32:], -50.0)
+  full = _full_logits(cfg, params, hists[0], [p0], [g0])
+  np.testing.assert_allclose(runs[32][1][0, :len(more[0])], full[9:], atol=TOL, rtol=0)
+
+
 def test_inactive_rows_do_not_advance(scanned_model):
   cfg, params = scanned_model
   cache = cache_lib.init_cache(cfg, 2, 8)

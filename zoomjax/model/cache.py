@@ -11,15 +11,17 @@ Layout (a plain dict, a pytree; donate it to the jitted functions):
 
 Rows are packed from slot 0 (no left padding): row b's tokens occupy slots `[0, length[b])`.
 
-* `extend(cfg, params, cache, inputs, pixel_values=None, *, last_only=False) -> (logits float32[B, Tn, V],
-  cache)` appends up
+* `extend(cfg, params, cache, inputs, pixel_values=None, *, last_only=False, kv_len=None) -> (logits
+  float32[B, Tn, V], cache)` appends up
   to Tn new tokens per row (prompt prefill, tool text, or a continuation with new images). `inputs` comes
   from `zoomjax.model.inputs.prepare_extend` (host), which computes the new tokens' 3-D positions from
   each row's full token history, exactly as the reference does when new vision tokens arrive; row b
   writes its `num_new[b]` tokens at slots `length[b] …` and its length advances by `num_new[b]`. Padding
   tokens of shorter rows are written beyond the row's new length and overwritten later; they never
   influence valid tokens. `logits[b, num_new[b] - 1]` predicts the row's next token; `last_only=True`
-  returns just those, float32[B, V] (the head runs on B positions, not B * Tn).
+  returns just those, float32[B, V] (the head runs on B positions, not B * Tn). A static `kv_len >=
+  max(length) + Tn` makes attention read only the first `kv_len` slots (the later ones are past every
+  row's length, masked anyway).
 * `decode(cfg, params, cache, tokens int32[B], active=None) -> (logits float32[B, V], cache)` appends one
   text token per row at position `length[b] + rope_deltas[b]` on all three M-RoPE axes (the reference's
   rule for generated tokens); rows with `active[b] == False` do not advance.
@@ -67,23 +69,37 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
 
 
 def _run(cfg, params, cache, input_ids, position_ids, write_pos, image_index=None, pixel_values=None,
-         vision_meta=None, logits_index=None):
+         vision_meta=None, logits_index=None, kv_len=None):
+  """The model over the new tokens with the cache; with `kv_len` < S only the first `kv_len` slots of every
+  row take part (they are sliced out, used and written back), so attention costs follow the rows' lengths."""
   from zoomjax.model.qwen2_5_vl import Qwen2_5_VL
   s = cache["k"].shape[3]
-  mask = jnp.arange(s)[None, None, :] <= write_pos[:, :, None]        # [B, Tn, S]
+  n = s if kv_len is None else max(1, min(int(kv_len), s))
+  ck, cv = cache["k"], cache["v"]
+  if n < s:
+    ck, cv = ck[:, :, :, :n], cv[:, :, :, :n]
+  mask = jnp.arange(n)[None, None, :] <= write_pos[:, :, None]        # [B, Tn, n]
   logits, (k, v) = Qwen2_5_VL(cfg).apply(
       {"params": params}, input_ids, position_ids, mask, image_index, pixel_values, vision_meta,
-      kv_cache=(cache["k"], cache["v"]), write_pos=write_pos, logits_index=logits_index)
+      kv_cache=(ck, cv), write_pos=write_pos, logits_index=logits_index)
+  if n < s:
+    k = jax.lax.dynamic_update_slice(cache["k"], k, (0, 0, 0, 0, 0))
+    v = jax.lax.dynamic_update_slice(cache["v"], v, (0, 0, 0, 0, 0))
   return logits, k, v
 
 
 def extend(cfg: ModelConfig, params: Any, cache: Cache, inputs: dict[str, Any], pixel_values=None, *,
-           last_only: bool = False) -> tuple[jax.Array, Cache]:
+           last_only: bool = False, kv_len: int | None = None) -> tuple[jax.Array, Cache]:
   """Appends `inputs["input_ids"]` (int32[B, Tn], `num_new[b]` valid per row) to the cache.
 
   Returns float32[B, Tn, V] logits, or with `last_only` float32[B, V]: those of each row's last new token
   (slot `num_new[b] - 1`; a row with no new tokens gets its slot 0's, meaningless), the only ones
   generation needs: the final norm and the head then run on B positions instead of B * Tn.
+
+  `kv_len` (static; None: the whole cache): a bound on every row's new length, `max(length) + Tn <=
+  kv_len`; attention then reads only the first `kv_len` slots of the cache instead of all S (a prompt
+  prefill into a cache sized for the whole trajectory reads its own tokens only). New tokens beyond
+  `kv_len` are dropped, so a smaller bound than the rows need loses them.
   """
   ids = inputs["input_ids"]
   tn = ids.shape[1]
@@ -91,7 +107,7 @@ def extend(cfg: ModelConfig, params: Any, cache: Cache, inputs: dict[str, Any], 
   num_new = inputs["num_new"].astype(jnp.int32)
   index = jnp.maximum(num_new - 1, 0)[:, None] if last_only else None
   logits, k, v = _run(cfg, params, cache, ids, inputs["position_ids"], write_pos, inputs.get("image_index"),
-                      pixel_values, inputs.get("vision"), index)
+                      pixel_values, inputs.get("vision"), index, kv_len)
   new = {"k": k, "v": v, "length": cache["length"] + num_new,
          "rope_deltas": inputs["rope_deltas"].astype(jnp.int32)}
   return (logits[:, 0] if last_only else logits), new
@@ -128,5 +144,5 @@ def put_rows(cache: Cache, rows: jax.Array, src: Cache, src_index: jax.Array) ->
   return out
 
 
-extend_jit = jax.jit(extend, static_argnums=0, static_argnames="last_only", donate_argnums=2)
+extend_jit = jax.jit(extend, static_argnums=0, static_argnames=("last_only", "kv_len"), donate_argnums=2)
 decode_jit = jax.jit(decode, static_argnums=0, donate_argnums=2)

@@ -17,9 +17,13 @@ jits, with the params as an argument and the cache donated:
   and the head run on each row's last new token only. Positions of the new tokens come from the row's
   full history (`prepare_extend`), so a continuation after appended text + images gets the ids a fresh
   prefill of the whole sequence would.
-* `_extend_shared` (a GRPO group's prompt): the same on one row per group (the vision tower and the LM
-  prefill run on `B / G` rows), then the updated cache rows and logits are copied into the group's G rows
+* `_extend_shared` (a GRPO group's prompt, or an append to only some rows): the same on one row per group
+  (the vision tower and the LM prefill run on `B / G` rows), or on the rows that have new tokens (e.g. the
+  crops of the rows that zoomed), then the updated cache rows and logits are copied into their rows
   (`cache.take_rows` / `put_rows`, one program, cache donated).
+* Both pass `cache.extend` a static `kv_len` (bucketed longest new row length): attention reads the slots
+  the rows fill, not the whole cache, which is sized for the longest trajectory (a prompt prefill into a
+  768-slot cache read ~5x the slots it needs).
 * `_decode_loop`: `lax.while_loop` over at most `n_max` (bucketed) steps, carrying a `DecodeState`; each
   step samples one token per live row from the current logits, records it and its log-prob, and feeds it
   through `decode` (positions `length + rope_deltas`). A row stops at a stop token (kept, fed to the
@@ -70,21 +74,23 @@ FINISH_REASONS = ("stop", "length", "cut", "idle")
 
 
 # ------------------------------------------------------------------------------------------ device programs
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(2, 5))
-def _extend_last(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits):
-  """extend + logits of each row's last new token (rows with no new tokens keep `prev_logits`)."""
-  last, cache = cache_lib.extend(cfg, params, cache, inputs, pixel_values, last_only=True)
+@functools.partial(jax.jit, static_argnums=0, static_argnames="kv_len", donate_argnums=(2, 5))
+def _extend_last(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits, *, kv_len=None):
+  """extend + logits of each row's last new token (rows with no new tokens keep `prev_logits`); attention
+  over the first `kv_len` cache slots (`cache.extend`)."""
+  last, cache = cache_lib.extend(cfg, params, cache, inputs, pixel_values, last_only=True, kv_len=kv_len)
   n = inputs["num_new"]
   return jnp.where((n > 0)[:, None], last, prev_logits), cache
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(2, 5))
-def _extend_shared(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits, leaders, copy_to, copy_from):
+@functools.partial(jax.jit, static_argnums=0, static_argnames="kv_len", donate_argnums=(2, 5))
+def _extend_shared(cfg: ModelConfig, params, cache, inputs, pixel_values, prev_logits, leaders, copy_to, copy_from,
+                   *, kv_len=None):
   """`_extend_last` on the rows `leaders` (int32[Bl]) only; then row `copy_to[i]` gets a copy of the updated
   leader row `copy_from[i]` (an index into `leaders`) and its logits. int32[R] each; `copy_to` entries >= B
   are skipped. One program: the gather, the group leaders' extend and the scatter into the donated cache."""
   small = cache_lib.take_rows(cache, leaders)
-  last, small = cache_lib.extend(cfg, params, small, inputs, pixel_values, last_only=True)
+  last, small = cache_lib.extend(cfg, params, small, inputs, pixel_values, last_only=True, kv_len=kv_len)
   last = jnp.where((inputs["num_new"] > 0)[:, None], last, prev_logits[leaders])
   cache = cache_lib.put_rows(cache, copy_to, small, copy_from)
   return prev_logits.at[copy_to].set(last[copy_from], mode="drop"), cache
@@ -271,7 +277,8 @@ class Session:
     `group_size` G > 1: rows `[g*G, (g+1)*G)` form a group whose histories and new tokens / images are
     identical (e.g. the G samples of one GRPO prompt); only the group's first row is computed (vision
     tower and prefill on `batch_size / G` rows) and its cache row and logits are copied into the other
-    G - 1 rows, which then diverge as they sample.
+    G - 1 rows, which then diverge as they sample. Otherwise, when some rows have no new tokens, only the
+    others are computed.
     """
     if len(tokens) != self.batch_size:
       raise ValueError(f"{len(tokens)} token rows for a batch of {self.batch_size}")
@@ -297,23 +304,29 @@ class Session:
       self.histories[b].extend(new_rows[b])
       self.images[b].extend(images[b])
     run_cfg, params = self.gen.run_cfg, self.gen.run_params
-    if group_size <= 1:
-      inputs, pv = self._extend_inputs(list(range(self.batch_size)), self._b, new_rows, images)
-      with self.gen._context():
-        self._logits, self._cache = _extend_last(run_cfg, params, self._cache, inputs, pv, self._logits)
-    else:
+    if group_size > 1:   # each group's first row is computed and copied into the group's rows
       leaders = list(range(0, self.batch_size, group_size))
-      nl = round_up(len(leaders), 1)
-      inputs, pv = self._extend_inputs(leaders, nl, new_rows, images)
+      dest, src = list(range(self.batch_size)), [b // group_size for b in range(self.batch_size)]
+    else:                # only the rows with new tokens are computed
+      leaders = [b for b in range(self.batch_size) if new_rows[b]]
+      dest, src = leaders, list(range(len(leaders)))
+    nl = round_up(len(leaders), 1)
+    if group_size <= 1 and nl >= self._b:
+      inputs, pv, kv_len = self._extend_inputs(list(range(self.batch_size)), self._b, new_rows, images)
+      with self.gen._context():
+        self._logits, self._cache = _extend_last(run_cfg, params, self._cache, inputs, pv, self._logits,
+                                                 kv_len=kv_len)
+    else:
+      inputs, pv, kv_len = self._extend_inputs(leaders, nl, new_rows, images)
       lead_idx = np.zeros(nl, np.int32)
       lead_idx[:len(leaders)] = leaders
       copy_to = np.full(self._b, self._b, np.int32)          # >= B: skipped (padded rows stay as they are)
-      copy_to[:self.batch_size] = np.arange(self.batch_size)
+      copy_to[:len(dest)] = dest
       copy_from = np.zeros(self._b, np.int32)
-      copy_from[:self.batch_size] = np.arange(self.batch_size) // group_size
+      copy_from[:len(src)] = src
       with self.gen._context():
         self._logits, self._cache = _extend_shared(run_cfg, params, self._cache, inputs, pv, self._logits,
-                                                   lead_idx, copy_to, copy_from)
+                                                   lead_idx, copy_to, copy_from, kv_len=kv_len)
     for b in range(self.batch_size):
       if new_rows[b]:
         self._cached[b] = len(self.histories[b])
@@ -334,7 +347,8 @@ class Session:
         raise ValueError(f"group_size {g}: row {b} differs from row {lead}, the first of its group")
 
   def _extend_inputs(self, rows: list[int], n: int, new_rows, images):
-    """Host inputs of an `extend` over `rows` (padded to `n` rows): tokens, positions, image patches."""
+    """Host inputs of an `extend` over `rows` (padded to `n` rows): tokens, positions, image patches, and
+    the static `kv_len` (bucketed `max(cached) + Tn`; None when that is the whole cache)."""
     cfg = self.cfg
     hist = [self.histories[b] for b in rows] + [[] for _ in range(n - len(rows))]
     grids = [np.asarray([im.grid_thw for im in self.images[b]], np.int64).reshape(-1, 3) for b in rows]
@@ -351,7 +365,8 @@ class Session:
     if new_pix:
       pv = np.zeros((pad_patches, cfg.vision.patch_dim), np.float32)
       pv[:n_patch] = np.concatenate(new_pix, 0)
-    return inputs, pv
+    kv_len = round_up(int(cached.max()) + tn, self.gen.min_bucket)
+    return inputs, pv, (kv_len if kv_len < self._s else None)
 
   def rollback(self, row: int, length: int) -> None:
     """Drops row `row`'s history after `length` tokens (an image may not be cut). The row must be
