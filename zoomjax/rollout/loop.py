@@ -143,18 +143,24 @@ def _scene(req: Request, cfg: LoopConfig) -> SceneImage:
   return SceneImage.from_original(img, cfg.long_side)
 
 
-SCENE_THREADS = 4
-"""Scenes a batch decodes at once (Pillow releases the GIL while it decodes and resizes)."""
+HOST_THREADS = 4
+"""Host jobs a batch runs at once: decoding scenes, cutting and preprocessing crops (Pillow and NumPy
+release the GIL while they decode, resize and normalise)."""
+
+
+def _in_threads(fn: Callable, items: Sequence) -> list:
+  """`[fn(x) for x in items]` in up to `HOST_THREADS` threads; the first failure (in item order) is raised."""
+  workers = min(len(items), HOST_THREADS, os.cpu_count() or 1)
+  if workers <= 1:
+    return [fn(x) for x in items]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoomjax-host") as pool:
+    futures = [pool.submit(fn, x) for x in items]
+    return [f.result() for f in futures]
 
 
 def _open_scenes(requests: Sequence[Request], cfg: LoopConfig) -> list[SceneImage]:
-  """`_scene` of each request, in threads; the first failure (in request order) is raised."""
-  workers = min(len(requests), SCENE_THREADS, os.cpu_count() or 1)
-  if workers <= 1:
-    return [_scene(r, cfg) for r in requests]
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoomjax-scene") as pool:
-    futures = [pool.submit(_scene, r, cfg) for r in requests]
-    return [f.result() for f in futures]
+  """`_scene` of each request, in threads."""
+  return _in_threads(lambda r: _scene(r, cfg), requests)
 
 
 def _model_image(pil: Image.Image, cfg: LoopConfig) -> ImageInput:
@@ -318,12 +324,17 @@ def _rollout_batch(generator, tokenizer, requests, config, registry, seed, logit
                          chunk=cfg.cut_chunk, logits_processor=logits_processor, banned_token_ids=banned)
     new_tok = [[] for _ in rows]
     new_img = [[] for _ in rows]
+    texts = {b: codec.decode(gens[b].tokens) for b in live}
+    if cfg.protocol == "released":   # the crops of this step's zooms, cut and preprocessed in threads
+      boxes = {b: _stage1_box(rows[b], gens[b], texts[b]) for b in live}
+      asked = [b for b in live if boxes[b] is not None]
+      zooms = dict(zip(asked, _in_threads(lambda b: _zoom(rows[b].scene, boxes[b], cfg, registry), asked)))
     for b in live:
       r, g = rows[b], gens[b]
       r.add(g.tokens, [1] * len(g.tokens), g.logprobs)
-      text = codec.decode(g.tokens)
+      text = texts[b]
       if cfg.protocol == "released":
-        step = _released_step(r, g, text, cfg, registry, sess, b, codec, stop_ids, encode)
+        step = _released_step(r, g, text, boxes[b], zooms.get(b), sess, b, stop_ids, encode)
       else:
         step = _multiturn_step(r, g, text, cfg, registry, sess, b, im_end, encode)
       r.steps.append(text)
@@ -347,14 +358,30 @@ def _fits(sess, b: int, ids: Sequence[int]) -> bool:
   return sess.room(b) >= len(ids) + 1
 
 
-def _released_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegistry, sess, b: int, codec,
-                   stop_ids, encode):
-  """After a released-protocol decoding step: finish the row, or return (tokens, images) to append."""
+def _stage1_box(r: _Row, g, text: str):
+  """The global-view box a released stage 1 asks to zoom into (a parseable box before `<answer>` or the
+  end of the turn), or None: stage 2, a budget stop, or no box (the stage-1 text is the whole answer)."""
+  if r.stage == 2 or g.finish not in ("cut", "stop"):
+    return None
+  return parse.parse_crop_request(parse.released_stage1(text), "released", r.scene.view_size)
+
+
+def _zoom(scene: SceneImage, box, cfg: LoopConfig, registry: ToolRegistry) -> tuple[ToolResult, ImageInput | None]:
+  """`crop_and_zoom` of a global-view box, and the model input the row then sees: the crop, or the global
+  view again with `zoom` off (None when the tool failed). Runs in a host thread (`_in_threads`)."""
+  res = registry.call("crop_and_zoom", scene, {"bbox_2d": box})
+  if not res.ok or res.image is None:
+    return res, None
+  return res, _model_image(res.image if cfg.zoom else scene.view, cfg)
+
+
+def _released_step(r: _Row, g, text: str, box, zoom, sess, b: int, stop_ids, encode):
+  """After a released-protocol decoding step: finish the row, or return (tokens, images) to append.
+  `box`: `_stage1_box(r, g, text)`; `zoom`: `_zoom` of it (None without a box)."""
   if r.stage == 2 or g.finish not in ("cut", "stop"):
     r.answer = parse.extract_answer(text)
     r.finish("answer" if r.answer is not None else ("budget" if g.finish == "length" else "no_answer"))
     return None
-  box = parse.parse_crop_request(parse.released_stage1(text), "released", r.scene.view_size)
   if box is None:  # stage 1 ended its turn without a crop request: that was the whole answer
     r.answer = parse.extract_answer(text)
     r.finish("answer" if r.answer is not None else "no_answer")
@@ -363,11 +390,10 @@ def _released_step(r: _Row, g, text: str, cfg: LoopConfig, registry: ToolRegistr
     n = 1 if g.tokens and g.tokens[-1] in stop_ids else 0
     sess.rollback(b, sess.length(b) - n)
     r.drop_last(n)
-  res = registry.call("crop_and_zoom", r.scene, {"bbox_2d": box})
-  if not res.ok or res.image is None:
+  res, crop_in = zoom
+  if crop_in is None:
     r.finish("no_answer")
     return None
-  crop_in = _model_image(res.image if cfg.zoom else r.scene.view, cfg)
   ids, mask = encode(P.released_crop_segments(), [crop_in])
   if not _fits(sess, b, ids):
     r.finish("budget")
