@@ -33,6 +33,9 @@ Per request (rows run batched, in lock step, in one `Session`):
    groups, and each group's image, prompt encoding, vision tower and prefill are computed once and its KV
    rows copied into the G rows (`Session.append(..., group_size=G)`), which diverge from the first sampled
    token; the same seed gives the same trajectories as computing every row (`share_prefix=False`).
+6. Host work runs in threads (`HOST_THREADS`): decoding a batch's scenes, and cutting and preprocessing
+   a released step's crops (the rows' boxes are found first, then every zooming row's crop at once).
+   Results keep row order, so the trajectories do not depend on the threads.
 
 Masks: sampled tokens 1; prompt, appended images, tool-response text 0 (`Trajectory`). With a
 `logits_processor` (see `generate.Sampling`) the decode can be biased, e.g. to force a known sequence.
