@@ -260,6 +260,17 @@ def test_sharded_generation_matches_single_device(ref):
   for g, w in zip(got, want):
     assert g.tokens == w.tokens
     np.testing.assert_allclose(g.logprobs, w.logprobs, atol=1e-4)
+  # an append to one row only (computed on that row, copied into the sharded cache), then both decode on
+  extra = _text(rs, 3)
+  one = Generator(cfg, params).session(2, 64)
+  one.append(rows, images)
+  one.generate(10, GREEDY)
+  for s in (sess, one):
+    s.append([extra, []])
+  got, want = sess.generate([6, 3], GREEDY), one.generate([6, 3], GREEDY)
+  for g, w in zip(got, want):
+    assert len(g.tokens) > 0 and g.tokens == w.tokens
+    np.testing.assert_allclose(g.logprobs, w.logprobs, atol=1e-4)
 
 
 def test_long_cache_decodes_like_a_short_one_in_place(ref):
